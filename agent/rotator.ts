@@ -1,0 +1,251 @@
+// Keeps the agent's certificate fresh: a new key and CSR for every certificate, renewal at a
+// fraction of the lifetime (with jitter, so a fleet started together does not renew together), and
+// capped exponential backoff while the server is unreachable. The current certificate keeps being
+// served until it expires; an expired one is never served (SecretCache.validCertificate).
+
+import { type KeyObject, X509Certificate } from "node:crypto";
+import { identityName, type ServiceIdentity, serviceCommonName, spiffeId } from "../common/identity.js";
+import { generateKeyPairAsync, type KeyAlgorithm, privateKeyToPem } from "../common/keys.js";
+import { backoffDelay } from "../common/lifecycle.js";
+import type { Logger } from "../common/logger.js";
+import type { MetricsRegistry } from "../common/metrics.js";
+import { decodeCertificates, encodePem } from "../common/pem.js";
+import type { MutableCertificateProvider } from "../common/tls-material.js";
+import { createCsr } from "../common/x509/csr.js";
+import type { CreateCertificateResponse } from "../proto/signing-api.js";
+import type { SecretCache, WorkloadCertificate } from "./secret-cache.js";
+import { SignerError } from "./signer-client.js";
+
+/** The slice of SignerClient the rotator needs. */
+export interface CertificateSigner {
+  createCertificate(
+    csrPem: string,
+    validityMs: number,
+    timeoutMs: number,
+  ): Promise<CreateCertificateResponse>;
+}
+
+export interface RotatorOptions {
+  readonly identity: ServiceIdentity;
+  readonly trustDomain: string;
+  readonly keyAlgorithm: KeyAlgorithm;
+  readonly validityMs: number;
+  /** Renew when this fraction of the lifetime has passed (0 < f < 1). */
+  readonly rotationFraction: number;
+  readonly signer: CertificateSigner;
+  readonly cache: SecretCache;
+  /** Client TLS identity: switched to each new service cert so renewals authenticate with it. */
+  readonly tls: MutableCertificateProvider;
+  /** The xDS bootstrap cert and key (PEM), used whenever no valid service cert exists. */
+  readonly bootstrap: { readonly certPem: string; readonly keyPem: string };
+  readonly logger: Logger;
+  readonly metrics: MetricsRegistry;
+  readonly requestTimeoutMs?: number;
+  readonly backoff?: { readonly baseMs: number; readonly capMs: number };
+  readonly random?: () => number;
+}
+
+export interface RotatorStatus {
+  readonly nextAttempt: Date | null;
+  readonly consecutiveFailures: number;
+  readonly lastError: string | null;
+  readonly lastSuccess: Date | null;
+}
+
+const JITTER_FRACTION = 0.1;
+
+export class Rotator {
+  private timer: NodeJS.Timeout | undefined;
+  private stopped = false;
+  private failures = 0;
+  private lastError: string | null = null;
+  private lastSuccess: Date | null = null;
+  private nextAttempt: Date | null = null;
+  private usingServiceCert = false;
+  private readonly spiffe: string;
+  private readonly commonName: string;
+  private readonly attempts;
+  private readonly expiry;
+
+  constructor(private readonly options: RotatorOptions) {
+    this.spiffe = spiffeId(options.identity, options.trustDomain);
+    this.commonName = serviceCommonName(options.identity, options.trustDomain);
+    this.attempts = options.metrics.counter(
+      "osm_cert_agent_rotations_total",
+      "Certificate requests by result.",
+    );
+    this.expiry = options.metrics.gauge(
+      "osm_cert_agent_cert_expiry_timestamp_seconds",
+      "notAfter of the served certificate.",
+    );
+    options.tls.setIdentity(options.bootstrap.certPem, options.bootstrap.keyPem);
+  }
+
+  start(): void {
+    this.schedule(0);
+  }
+
+  stop(): void {
+    this.stopped = true;
+    clearTimeout(this.timer);
+  }
+
+  status(): RotatorStatus {
+    return {
+      nextAttempt: this.nextAttempt,
+      consecutiveFailures: this.failures,
+      lastError: this.lastError,
+      lastSuccess: this.lastSuccess,
+    };
+  }
+
+  /** One certificate request; exposed so tests and the demo can rotate on demand. */
+  async rotateNow(): Promise<WorkloadCertificate> {
+    const { privateKey } = await generateKeyPairAsync(this.options.keyAlgorithm);
+    const csr = createCsr({
+      privateKey,
+      commonName: this.commonName,
+      dnsNames: [this.commonName],
+      uris: [this.spiffe],
+    });
+    const response = await this.options.signer.createCertificate(
+      encodePem("CERTIFICATE REQUEST", csr),
+      this.options.validityMs,
+      this.options.requestTimeoutMs ?? 15_000,
+    );
+    const certificate = this.accept(response, privateKey);
+    const bundle = response.trust_bundle?.root_certificates.join("") ?? "";
+    if (bundle !== "") this.options.cache.setTrustBundle(bundle);
+    this.options.cache.setCertificate(certificate);
+    this.options.tls.setIdentity(certificate.certChainPem, certificate.privateKeyPem);
+    this.usingServiceCert = true;
+    return certificate;
+  }
+
+  private schedule(delayMs: number): void {
+    if (this.stopped) return;
+    clearTimeout(this.timer);
+    this.nextAttempt = new Date(Date.now() + delayMs);
+    this.timer = setTimeout(() => void this.attempt(), delayMs);
+  }
+
+  private async attempt(): Promise<void> {
+    try {
+      const cert = await this.rotateNow();
+      if (this.stopped) return;
+      this.failures = 0;
+      this.lastError = null;
+      this.lastSuccess = new Date();
+      this.attempts.inc({ result: "success" });
+      this.expiry.set(cert.notAfter.getTime() / 1000);
+      const delay = this.renewalDelay(cert);
+      this.options.logger.info(
+        {
+          event: "certificate.rotated",
+          identity: identityName(this.options.identity),
+          serial: cert.serialNumber,
+          notAfter: cert.notAfter.toISOString(),
+          nextRotation: new Date(Date.now() + delay).toISOString(),
+        },
+        "certificate issued",
+      );
+      this.schedule(delay);
+    } catch (error) {
+      if (this.stopped) return;
+      this.failures += 1;
+      this.lastError = error instanceof Error ? error.message : String(error);
+      this.attempts.inc({ result: "failure" });
+      this.fallBackToBootstrapIfExpired();
+      const { baseMs, capMs } = this.options.backoff ?? { baseMs: 1_000, capMs: 30_000 };
+      const delay = backoffDelay(this.failures - 1, baseMs, capMs, this.options.random);
+      const status = error instanceof SignerError ? error.status : "INTERNAL";
+      const served = this.options.cache.validCertificate();
+      this.options.logger.warn(
+        {
+          event: "certificate.request_failed",
+          status,
+          error: this.lastError,
+          attempt: this.failures,
+          retryInMs: Math.round(delay),
+          servingUntil: served?.notAfter.toISOString() ?? null,
+        },
+        served === null
+          ? "no certificate yet; retrying"
+          : "renewal failed; still serving the current certificate",
+      );
+      this.schedule(delay);
+    }
+  }
+
+  /** Renew at `rotationFraction` of the remaining lifetime as seen from here, minus up to 10 % jitter. */
+  private renewalDelay(cert: WorkloadCertificate): number {
+    const remaining = cert.notAfter.getTime() - Date.now();
+    const random = this.options.random ?? Math.random;
+    const base = remaining * this.options.rotationFraction;
+    return Math.max(0, base - random() * JITTER_FRACTION * base);
+  }
+
+  /** An expired service cert cannot authenticate a renewal; the bootstrap cert still can. */
+  private fallBackToBootstrapIfExpired(): void {
+    if (this.usingServiceCert && this.options.cache.validCertificate() === null) {
+      this.options.tls.setIdentity(this.options.bootstrap.certPem, this.options.bootstrap.keyPem);
+      this.usingServiceCert = false;
+    }
+  }
+
+  /** Everything from the network is checked before it is served to Envoy. */
+  private accept(response: CreateCertificateResponse, privateKey: KeyObject): WorkloadCertificate {
+    const chainPem = response.certificate_chain.join("");
+    let chain: X509Certificate[];
+    try {
+      chain = decodeCertificates(chainPem).map((der) => new X509Certificate(der));
+    } catch (error) {
+      throw new SignerError(
+        "INTERNAL",
+        `server returned an unreadable certificate chain: ${(error as Error).message}`,
+      );
+    }
+    const leaf = chain[0];
+    if (leaf === undefined) throw new SignerError("INTERNAL", "server returned an empty certificate chain");
+    if (!leaf.checkPrivateKey(privateKey))
+      throw new SignerError("INTERNAL", "server returned a certificate for another key");
+    if (!(leaf.subjectAltName ?? "").split(", ").includes(`URI:${this.spiffe}`)) {
+      throw new SignerError("INTERNAL", `server returned a certificate without our SPIFFE ID ${this.spiffe}`);
+    }
+    const notBefore = new Date(leaf.validFrom);
+    const notAfter = new Date(leaf.validTo);
+    if (notAfter.getTime() <= Date.now())
+      throw new SignerError("INTERNAL", "server returned an expired certificate");
+    const roots = decodeCertificates(
+      response.trust_bundle?.root_certificates.join("") || this.options.cache.snapshot().trustBundlePem || "",
+    );
+    if (
+      !chainsTo(
+        chain,
+        roots.map((der) => new X509Certificate(der)),
+      )
+    ) {
+      throw new SignerError(
+        "INTERNAL",
+        "server returned a certificate that does not chain to the trust bundle",
+      );
+    }
+    return {
+      certChainPem: chainPem,
+      privateKeyPem: privateKeyToPem(privateKey),
+      serialNumber: leaf.serialNumber,
+      notBefore,
+      notAfter,
+    };
+  }
+}
+
+function chainsTo(chain: readonly X509Certificate[], roots: readonly X509Certificate[]): boolean {
+  for (let i = 0; i + 1 < chain.length; i++) {
+    const child = chain[i] as X509Certificate;
+    const parent = chain[i + 1] as X509Certificate;
+    if (!child.checkIssued(parent) || !child.verify(parent.publicKey)) return false;
+  }
+  const top = chain[chain.length - 1] as X509Certificate;
+  return roots.some((root) => top.checkIssued(root) && top.verify(root.publicKey));
+}

@@ -1,0 +1,72 @@
+#!/usr/bin/env node
+// The osm-cert command line. Subcommands load lazily so `osm-cert agent` never pays for the
+// server's modules and vice versa.
+
+import { FlagError, HelpRequested } from "../common/flags.js";
+
+const COMMANDS: Readonly<
+  Record<string, { summary: string; run: (argv: readonly string[]) => Promise<void> }>
+> = {
+  server: {
+    summary: "run the signing server",
+    run: async (argv) => (await import("../server/main.js")).serverCommand(argv),
+  },
+  agent: {
+    summary: "run the per-pod agent (SDS for Envoy)",
+    run: async (argv) => (await import("../agent/main.js")).agentCommand(argv),
+  },
+  issue: {
+    summary: "issue an xDS bootstrap or webhook certificate",
+    run: async (argv) => (await import("./issue.js")).issueCommand(argv),
+  },
+  demo: {
+    summary: "the whole flow on one machine",
+    run: async (argv) => (await import("./demo.js")).demoCommand(argv),
+  },
+};
+
+function usage(): string {
+  const lines = ["Usage: osm-cert <command> [flags]", "", "Commands:"];
+  for (const [name, { summary }] of Object.entries(COMMANDS)) lines.push(`  ${name.padEnd(8)} ${summary}`);
+  lines.push("", "Run `osm-cert <command> --help` for its flags.");
+  return `${lines.join("\n")}\n`;
+}
+
+async function main(argv: readonly string[]): Promise<number> {
+  const [name, ...rest] = argv;
+  if (name === undefined || name === "--help" || name === "-h" || name === "help") {
+    process.stdout.write(usage());
+    return name === undefined ? 2 : 0;
+  }
+  const command = COMMANDS[name];
+  if (command === undefined) {
+    process.stderr.write(`osm-cert: unknown command "${name}"\n${usage()}`);
+    return 2;
+  }
+  try {
+    await command.run(rest);
+    return 0;
+  } catch (error) {
+    if (error instanceof HelpRequested) {
+      process.stdout.write(error.message);
+      return 0;
+    }
+    if (error instanceof FlagError) {
+      process.stderr.write(`osm-cert ${error.message}\n`);
+      return 2;
+    }
+    const message = error instanceof Error ? error.message : String(error);
+    process.stderr.write(`osm-cert ${name}: ${message}\n`);
+    return 1;
+  }
+}
+
+main(process.argv.slice(2)).then(
+  (code) => {
+    process.exitCode = code;
+  },
+  (error: unknown) => {
+    process.stderr.write(`osm-cert: ${String(error)}\n`);
+    process.exitCode = 1;
+  },
+);

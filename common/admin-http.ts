@@ -1,0 +1,86 @@
+// The loopback admin endpoint both processes expose: /healthz, /readyz, /metrics and a JSON status.
+
+import { createServer, type Server } from "node:http";
+import type { AddressInfo } from "node:net";
+import type { MetricsRegistry } from "./metrics.js";
+
+export interface AdminHandlers {
+  readonly metrics: MetricsRegistry;
+  /** null when ready; otherwise why not, shown to whoever probes. */
+  readonly notReadyReason: () => string | null;
+  readonly status?: () => unknown;
+}
+
+export interface HostPort {
+  readonly host: string;
+  readonly port: number;
+}
+
+export function parseHostPort(text: string): HostPort {
+  const match = /^(?:\[([0-9a-fA-F:.]+)\]|([^:[\]]*)):(\d{1,5})$/.exec(text.trim());
+  const port = match ? Number(match[3]) : Number.NaN;
+  if (!match || port > 65535)
+    throw new Error(`"${text}" is not HOST:PORT (e.g. 127.0.0.1:9091 or [::1]:9091)`);
+  return { host: match[1] ?? match[2] ?? "", port };
+}
+
+export function formatHostPort({ host, port }: HostPort): string {
+  return host.includes(":") ? `[${host}]:${port}` : `${host}:${port}`;
+}
+
+export class AdminServer {
+  private readonly server: Server;
+
+  constructor(private readonly handlers: AdminHandlers) {
+    this.server = createServer((req, res) => {
+      const path = (req.url ?? "/").split("?")[0];
+      if (req.method !== "GET" && req.method !== "HEAD") {
+        res.writeHead(405, { allow: "GET, HEAD" }).end();
+        return;
+      }
+      switch (path) {
+        case "/healthz":
+          res.writeHead(200, { "content-type": "text/plain" }).end("ok\n");
+          return;
+        case "/readyz": {
+          const reason = this.handlers.notReadyReason();
+          res
+            .writeHead(reason === null ? 200 : 503, { "content-type": "text/plain" })
+            .end(`${reason ?? "ready"}\n`);
+          return;
+        }
+        case "/metrics":
+          res
+            .writeHead(200, { "content-type": "text/plain; version=0.0.4; charset=utf-8" })
+            .end(this.handlers.metrics.render());
+          return;
+        case "/status":
+          if (this.handlers.status !== undefined) {
+            res
+              .writeHead(200, { "content-type": "application/json" })
+              .end(`${JSON.stringify(this.handlers.status(), null, 2)}\n`);
+            return;
+          }
+          break;
+      }
+      res.writeHead(404, { "content-type": "text/plain" }).end("not found\n");
+    });
+  }
+
+  async listen(address: HostPort): Promise<HostPort> {
+    await new Promise<void>((resolve, reject) => {
+      this.server.once("error", reject);
+      this.server.listen(address.port, address.host, () => {
+        this.server.off("error", reject);
+        resolve();
+      });
+    });
+    const bound = this.server.address() as AddressInfo;
+    return { host: bound.address, port: bound.port };
+  }
+
+  async close(): Promise<void> {
+    this.server.closeAllConnections();
+    await new Promise<void>((resolve) => this.server.close(() => resolve()));
+  }
+}

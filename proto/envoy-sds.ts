@@ -1,0 +1,192 @@
+// Envoy's SDS contract at run time: the SecretDiscoveryService definition for grpc-js and the Secret
+// codec, both from the reflection JSON that build-envoy-sds.ts derives from Envoy's canonical protos.
+//
+// This sits on the agent's start-up path (DESIGN.md §12), so the JSON is parsed once, on first use,
+// with protobufjs' light build (no .proto parser). The grpc-js method definitions are assembled here
+// rather than by @grpc/proto-loader's fromJSON: they use the same serializers and the same
+// conversion options, but skip the descriptor protos proto-loader generates for every message type,
+// which grpc-js never reads and which cost most of the load time.
+
+import { readFileSync } from "node:fs";
+import type * as grpc from "@grpc/grpc-js";
+import protobuf from "protobufjs/light.js";
+
+export const SECRET_TYPE_URL = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret";
+export const SDS_SERVICE_NAME = "envoy.service.secret.v3.SecretDiscoveryService";
+
+// ---- The message shapes we read and write (field names as in the .proto: keepCase). ----
+
+/** google.protobuf.Any */
+export interface AnyMessage {
+  type_url: string;
+  value: Uint8Array;
+}
+
+/** google.rpc.Status, as Envoy puts it in error_detail on a NACK. */
+export interface RpcStatus {
+  code: number;
+  message: string;
+}
+
+/** envoy.config.core.v3.Node: only what we log. */
+export interface EnvoyNode {
+  id: string;
+  cluster: string;
+}
+
+/** envoy.service.discovery.v3.DiscoveryRequest (decoded with defaults: absent messages are null). */
+export interface DiscoveryRequest {
+  version_info: string;
+  node: EnvoyNode | null;
+  resource_names: string[];
+  type_url: string;
+  response_nonce: string;
+  error_detail: RpcStatus | null;
+}
+
+/** envoy.service.discovery.v3.DiscoveryResponse: the fields we set. */
+export interface DiscoveryResponse {
+  version_info: string;
+  resources: AnyMessage[];
+  type_url: string;
+  nonce: string;
+}
+
+/** envoy.service.discovery.v3.DeltaDiscoveryRequest */
+export interface DeltaDiscoveryRequest {
+  node: EnvoyNode | null;
+  type_url: string;
+  resource_names_subscribe: string[];
+  resource_names_unsubscribe: string[];
+  initial_resource_versions: Record<string, string>;
+  response_nonce: string;
+  error_detail: RpcStatus | null;
+}
+
+/** envoy.service.discovery.v3.Resource */
+export interface DeltaResource {
+  name: string;
+  version: string;
+  resource: AnyMessage;
+}
+
+/** envoy.service.discovery.v3.DeltaDiscoveryResponse: the fields we set. */
+export interface DeltaDiscoveryResponse {
+  system_version_info: string;
+  resources: DeltaResource[];
+  type_url: string;
+  removed_resources: string[];
+  nonce: string;
+}
+
+/** envoy.config.core.v3.DataSource: we only ever use inline_bytes. */
+export interface DataSource {
+  inline_bytes?: Uint8Array;
+}
+
+/** envoy.extensions.transport_sockets.tls.v3.Secret: the subset the agent serves. */
+export interface Secret {
+  name: string;
+  tls_certificate?: { certificate_chain?: DataSource; private_key?: DataSource };
+  validation_context?: { trusted_ca?: DataSource };
+}
+
+// ---- Loading, once. ----
+
+// The same conversion proto-loader would apply with these options.
+const TO_OBJECT: protobuf.IConversionOptions = { longs: String, enums: String, defaults: true, oneofs: true };
+
+interface Loaded {
+  readonly service: grpc.ServiceDefinition;
+  readonly secret: protobuf.Type;
+  readonly discoveryResponse: protobuf.Type;
+}
+
+let loaded: Loaded | undefined;
+
+function load(): Loaded {
+  if (loaded !== undefined) return loaded;
+  const json = JSON.parse(
+    readFileSync(new URL("./envoy-sds.json", import.meta.url), "utf8"),
+  ) as protobuf.INamespace;
+  const root = protobuf.Root.fromJSON(json);
+  root.resolveAll();
+  const service: Record<string, grpc.MethodDefinition<object, object>> = {};
+  for (const method of root.lookupService(SDS_SERVICE_NAME).methodsArray) {
+    const request = method.resolvedRequestType as protobuf.Type;
+    const response = method.resolvedResponseType as protobuf.Type;
+    service[method.name] = {
+      path: `/${SDS_SERVICE_NAME}/${method.name}`,
+      requestStream: method.requestStream === true,
+      responseStream: method.responseStream === true,
+      requestSerialize: serializer(request),
+      requestDeserialize: deserializer(request),
+      responseSerialize: serializer(response),
+      responseDeserialize: deserializer(response),
+      originalName: method.name.charAt(0).toLowerCase() + method.name.slice(1),
+    };
+  }
+  loaded = {
+    service,
+    secret: root.lookupType("envoy.extensions.transport_sockets.tls.v3.Secret"),
+    discoveryResponse: root.lookupType("envoy.service.discovery.v3.DiscoveryResponse"),
+  };
+  return loaded;
+}
+
+/**
+ * A message already in wire form. The service's serializers pass it through untouched, so a server
+ * can encode what many responses share once (see encodeDiscoveryResponse).
+ */
+export class EncodedMessage {
+  constructor(readonly bytes: Buffer) {}
+}
+
+function serializer(type: protobuf.Type): (value: object) => Buffer {
+  return (value) => {
+    if (value instanceof EncodedMessage) return value.bytes;
+    return encode(type, value);
+  };
+}
+
+function encode(type: protobuf.Type, value: object): Buffer {
+  const bytes = type.encode(type.fromObject(value)).finish();
+  return Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+}
+
+function deserializer(type: protobuf.Type): (bytes: Buffer) => object {
+  return (bytes) => type.toObject(type.decode(bytes), TO_OBJECT);
+}
+
+/** The SecretDiscoveryService definition, for `server.addService` or a client constructor. */
+export function secretDiscoveryServiceDefinition(): grpc.ServiceDefinition {
+  return load().service;
+}
+
+/** Encodes a Secret for the `value` of a google.protobuf.Any. */
+export function encodeSecret(secret: Secret): Buffer {
+  return encode(load().secret, secret);
+}
+
+/** The `resources` of a DiscoveryResponse in wire form, to be shared by many responses. */
+export function encodeDiscoveryResources(resources: AnyMessage[]): Buffer {
+  return encode(load().discoveryResponse, { resources });
+}
+
+/**
+ * A DiscoveryResponse from its per-stream fields and shared, pre-encoded resources. Protobuf
+ * defines the concatenation of two encodings as their merge, so this is the same message as
+ * encoding everything at once — built from the canonical definition, with no field numbers of ours.
+ */
+export function encodeDiscoveryResponse(
+  fields: Omit<DiscoveryResponse, "resources">,
+  encodedResources: Buffer,
+): EncodedMessage {
+  return new EncodedMessage(Buffer.concat([encode(load().discoveryResponse, fields), encodedResources]));
+}
+
+/** Decodes a Secret from an Any's `value` (absent fields stay undefined). */
+export function decodeSecret(bytes: Uint8Array): Secret {
+  const type = load().secret;
+  return type.toObject(type.decode(bytes), { oneofs: true }) as Secret;
+}

@@ -1,0 +1,119 @@
+// Who is calling. A client certificate counts only when TLS verified it against the mesh roots
+// (grpc-js reports a peer certificate only then), it is still valid now (a long-lived connection can
+// outlive the certificate it was opened with), and it is meant for client authentication. The
+// identity comes from its SPIFFE ID (a service cert, on renewal) or its CN (an xDS bootstrap cert).
+// ServiceAccount tokens join here as a second authenticator.
+
+import { X509Certificate } from "node:crypto";
+import { parseBootstrapCommonName, parseSpiffeId, type ServiceIdentity } from "../common/identity.js";
+
+export type Caller = {
+  readonly identity: ServiceIdentity;
+  readonly method: "service-cert" | "bootstrap-cert";
+  readonly podUid?: string;
+  /** Expiry of the credential; cached authentications never outlive it. */
+  readonly credentialNotAfter: number;
+};
+
+export type AuthnResult =
+  | { readonly ok: true; readonly caller: Caller }
+  | { readonly ok: false; readonly message: string };
+
+/** The one thing authentication needs from a gRPC call (ServerUnaryCall and streams have it). */
+export interface PeerCertificateSource {
+  getAuthContext(): { sslPeerCertificate?: { raw: Buffer; fingerprint256: string } | undefined };
+}
+
+const CLIENT_AUTH_OID = "1.3.6.1.5.5.7.3.2";
+const CACHE_LIMIT = 10_000;
+
+export class ClientCertificateAuthenticator {
+  // Parsing a certificate costs more than the rest of authentication; renewing agents present the
+  // same certificate many times. Keyed by the SHA-256 fingerprint TLS already computed.
+  private readonly cache = new Map<string, AuthnResult & { notAfter: number }>();
+
+  constructor(private readonly trustDomain: string) {}
+
+  authenticate(call: PeerCertificateSource, now = Date.now()): AuthnResult {
+    const peer = call.getAuthContext().sslPeerCertificate;
+    if (peer === undefined) {
+      return {
+        ok: false,
+        message:
+          "no valid client certificate: present an xDS bootstrap certificate or your current service certificate " +
+          "issued by the mesh CA (certificates from another CA, expired ones and none at all are refused)",
+      };
+    }
+    let result = this.cache.get(peer.fingerprint256);
+    if (result === undefined) {
+      result = this.classify(new X509Certificate(peer.raw));
+      if (this.cache.size >= CACHE_LIMIT) this.cache.delete(this.cache.keys().next().value as string);
+      this.cache.set(peer.fingerprint256, result);
+    }
+    if (result.ok && now >= result.notAfter) {
+      return {
+        ok: false,
+        message: `client certificate expired at ${new Date(result.notAfter).toISOString()}`,
+      };
+    }
+    return result;
+  }
+
+  private classify(cert: X509Certificate): AuthnResult & { notAfter: number } {
+    const notAfter = Date.parse(cert.validTo);
+    const refuse = (message: string) => ({ ok: false as const, message, notAfter });
+    if (cert.ca) return refuse("a CA certificate cannot authenticate a workload");
+    const eku = cert.keyUsage;
+    if (eku !== undefined && !eku.includes(CLIENT_AUTH_OID)) {
+      return refuse("client certificate is not valid for client authentication (no clientAuth EKU)");
+    }
+    const uris = uriSans(cert.subjectAltName);
+    if (uris.length > 0) {
+      if (uris.length !== 1) return refuse("client certificate carries more than one URI SAN");
+      const identity = parseSpiffeId(uris[0] as string, this.trustDomain);
+      if (identity === null) {
+        return refuse(
+          `client certificate SPIFFE ID "${uris[0]}" is not a workload of trust domain ${this.trustDomain}`,
+        );
+      }
+      return {
+        ok: true,
+        caller: { identity, method: "service-cert", credentialNotAfter: notAfter },
+        notAfter,
+      };
+    }
+    const cn = commonName(cert.subject);
+    const bootstrap = cn === null ? null : parseBootstrapCommonName(cn);
+    if (bootstrap === null) {
+      return refuse(
+        `client certificate CN "${cn ?? ""}" is neither an xDS bootstrap name (<uuid>.<sa>.<ns>) nor a SPIFFE workload`,
+      );
+    }
+    return {
+      ok: true,
+      caller: {
+        identity: bootstrap.identity,
+        method: "bootstrap-cert",
+        podUid: bootstrap.podUid,
+        credentialNotAfter: notAfter,
+      },
+      notAfter,
+    };
+  }
+}
+
+function uriSans(subjectAltName: string | undefined): string[] {
+  if (subjectAltName === undefined) return [];
+  // Node renders SANs as `DNS:a, URI:b`; values containing ", " are quoted JSON strings.
+  const uris: string[] = [];
+  for (const match of subjectAltName.matchAll(/URI:("(?:[^"\\]|\\.)*"|[^,]*)/g)) {
+    const raw = match[1] as string;
+    uris.push(raw.startsWith('"') ? (JSON.parse(raw) as string) : raw);
+  }
+  return uris;
+}
+
+function commonName(subject: string): string | null {
+  const line = subject.split("\n").find((l) => l.startsWith("CN="));
+  return line === undefined ? null : line.slice(3);
+}

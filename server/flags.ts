@@ -1,0 +1,101 @@
+// `osm-cert server` flags: OSM's names (DESIGN.md §7, §11) and their environment variables.
+
+import { parseHostPort } from "../common/admin-http.js";
+import type { FlagTable } from "../common/flags.js";
+import { validateTrustDomain } from "../common/identity.js";
+import { parseKeyAlgorithm } from "../common/keys.js";
+
+export const SERVER_FLAGS = {
+  "certificate-manager": {
+    kind: "string",
+    help: "signing backend",
+    default: "tresor",
+    env: "CERT_MANAGER",
+    choices: ["tresor", "vault", "cert-manager"],
+  },
+  listen: {
+    kind: "string",
+    help: "gRPC+TLS address of the signing API",
+    default: "0.0.0.0:15443",
+    validate: checkHostPort,
+  },
+  "admin-listen": {
+    kind: "string",
+    help: "HTTP address for /healthz, /readyz, /metrics",
+    default: "127.0.0.1:9091",
+    validate: checkHostPort,
+  },
+  "ca-dir": {
+    kind: "string",
+    help: "Tresor's embedded store: ca.crt, private.key and expiration in this directory (no Kubernetes)",
+  },
+  "server-san": {
+    kind: "list",
+    help: "names in the server's own serving certificate (repeat or comma-separate)",
+    default: "localhost,127.0.0.1,osm-cert.osm-system.svc,osm-cert.osm-system.svc.cluster.local",
+  },
+  "trust-domain": {
+    kind: "string",
+    help: "SPIFFE trust domain and service-cert name suffix",
+    default: "cluster.local",
+    validate: (v) => void validateTrustDomain(v),
+  },
+  "service-cert-validity-duration": {
+    kind: "duration",
+    help: "default and maximum validity of service certificates (Go duration)",
+    default: "24h",
+    env: "OSM_SERVICE_CERT_VALIDITY_DURATION",
+  },
+  "min-cert-validity": { kind: "duration", help: "shortest validity an agent may ask for", default: "1s" },
+  "ca-bundle-secret-name": {
+    kind: "string",
+    help: "Secret holding Tresor's root in Kubernetes mode",
+    default: "osm-ca-bundle",
+    env: "OSM_CA_BUNDLE_SECRET_NAME",
+  },
+  "ca-common-name": { kind: "string", help: "CN of a root Tresor generates", default: "osm.root" },
+  "ca-key-algorithm": {
+    kind: "string",
+    help: "key algorithm of a root Tresor generates",
+    default: "ecdsa-p256",
+    validate: (v) => void parseKeyAlgorithm(v),
+  },
+  "ca-validity": {
+    kind: "duration",
+    help: "validity of a root Tresor generates (Go duration)",
+    default: "87600h",
+  },
+  "vault-host": { kind: "string", help: "Vault host (vault provider)", env: "VAULT_HOST" },
+  "vault-protocol": {
+    kind: "string",
+    help: "Vault protocol",
+    default: "http",
+    env: "VAULT_PROTOCOL",
+    choices: ["http", "https"],
+  },
+  "vault-token": { kind: "string", help: "Vault token", env: "VAULT_TOKEN" },
+  "vault-role": { kind: "string", help: "Vault PKI role", default: "openservicemesh", env: "VAULT_ROLE" },
+  "cert-manager-issuer-name": {
+    kind: "string",
+    help: "cert-manager issuer name",
+    default: "osm-ca",
+    env: "CERT_MANAGER_ISSUER_NAME",
+  },
+  "cert-manager-issuer-kind": {
+    kind: "string",
+    help: "cert-manager issuer kind",
+    default: "Issuer",
+    env: "CERT_MANAGER_ISSUER_KIND",
+    choices: ["Issuer", "ClusterIssuer"],
+  },
+  "cert-manager-issuer-group": {
+    kind: "string",
+    help: "cert-manager issuer group",
+    default: "cert-manager.io",
+    env: "CERT_MANAGER_ISSUER_GROUP",
+  },
+} as const satisfies FlagTable;
+
+function checkHostPort(value: string): void {
+  parseHostPort(value);
+}

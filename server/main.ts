@@ -1,0 +1,182 @@
+// `osm-cert server`: the only place the server's real parts are wired together.
+
+import { X509Certificate } from "node:crypto";
+import { isIP } from "node:net";
+import * as grpc from "@grpc/grpc-js";
+import { AdminServer, parseHostPort } from "../common/admin-http.js";
+import { type ParsedFlags, parseFlags } from "../common/flags.js";
+import { generateKeyPair, type KeyAlgorithm, privateKeyToPem } from "../common/keys.js";
+import { waitForSignal } from "../common/lifecycle.js";
+import { createLogger, type Logger } from "../common/logger.js";
+import { MetricsRegistry } from "../common/metrics.js";
+import { encodePem } from "../common/pem.js";
+import { MutableCertificateProvider } from "../common/tls-material.js";
+import { createCsr, parseCsrDer } from "../common/x509/csr.js";
+import { ClientCertificateAuthenticator } from "./authn.js";
+import { SERVER_FLAGS } from "./flags.js";
+import type { CertificateProvider } from "./providers/provider.js";
+import { DirectoryCaStore } from "./providers/tresor/directory-store.js";
+import { TresorProvider } from "./providers/tresor/tresor.js";
+import { SigningService } from "./signing-service.js";
+
+export type ServerFlags = ParsedFlags<typeof SERVER_FLAGS>;
+
+/** gRPC messages above this are refused by grpc-js itself with RESOURCE_EXHAUSTED. */
+export const MAX_MESSAGE_BYTES = 16 * 1024;
+const SERVING_CERT_VALIDITY_MS = 365 * 24 * 3_600_000;
+
+export class StartupError extends Error {
+  readonly code = "ERR_OSM_CERT_STARTUP";
+}
+
+export async function openProvider(flags: ServerFlags, logger: Logger): Promise<CertificateProvider> {
+  switch (flags["certificate-manager"]) {
+    case "tresor": {
+      if (flags["ca-dir"] === undefined) {
+        throw new StartupError(
+          "tresor needs --ca-dir outside Kubernetes (in-cluster mode with the osm-ca-bundle Secret is not available yet)",
+        );
+      }
+      return TresorProvider.open({
+        store: new DirectoryCaStore(flags["ca-dir"]),
+        root: {
+          keyAlgorithm: flags["ca-key-algorithm"] as KeyAlgorithm,
+          commonName: flags["ca-common-name"],
+          validityMs: flags["ca-validity"],
+        },
+        onRoot: ({ created, where, expiration }) =>
+          logger.info(
+            { event: created ? "root.created" : "root.loaded", where, expiration },
+            created ? "generated a new mesh root" : "loaded the mesh root",
+          ),
+      });
+    }
+    default:
+      throw new StartupError(
+        `--certificate-manager=${flags["certificate-manager"]} is not available in this build yet; use tresor`,
+      );
+  }
+}
+
+/** The server's own TLS identity: a fresh key in memory, certified by the provider like any leaf. */
+export async function issueServingCertificate(provider: CertificateProvider, sans: readonly string[]) {
+  const { privateKey } = generateKeyPair("ecdsa-p256");
+  const dnsNames = sans.filter((s) => isIP(s) === 0);
+  const ipAddresses = sans.filter((s) => isIP(s) !== 0);
+  const commonName = dnsNames[0] ?? "osm-cert";
+  const csrDer = createCsr({ privateKey, commonName, dnsNames });
+  const issued = await provider.issue({
+    csrPem: encodePem("CERTIFICATE REQUEST", csrDer),
+    csr: parseCsrDer(csrDer),
+    profile: "server",
+    commonName,
+    dnsNames,
+    uris: [],
+    ipAddresses,
+    validityMs: SERVING_CERT_VALIDITY_MS,
+  });
+  return { chainPem: issued.chainPem.join(""), keyPem: privateKeyToPem(privateKey) };
+}
+
+export interface RunningServer {
+  readonly address: string;
+  readonly adminAddress: string;
+  close(): Promise<void>;
+}
+
+export async function startServer(flags: ServerFlags, logger: Logger): Promise<RunningServer> {
+  const metrics = new MetricsRegistry();
+  const provider = await openProvider(flags, logger);
+  const bundle = provider.trustBundle();
+  const tls = new MutableCertificateProvider();
+  tls.setCaCertificates(bundle.roots.join(""));
+  const serving = await issueServingCertificate(provider, flags["server-san"]);
+  tls.setIdentity(serving.chainPem, serving.keyPem);
+  provider.onTrustBundleChange((next) => tls.setCaCertificates(next.roots.join("")));
+
+  const rootExpiry = metrics.gauge(
+    "osm_cert_server_root_expiry_timestamp_seconds",
+    "notAfter of each trusted root.",
+  );
+  metrics
+    .gauge("osm_cert_server_info", "Build and configuration.")
+    .set(1, { provider: provider.name, trust_domain: flags["trust-domain"] });
+  for (const pem of bundle.roots) {
+    const cert = new X509Certificate(pem);
+    rootExpiry.set(Date.parse(cert.validTo) / 1000, { serial: cert.serialNumber });
+  }
+
+  const server = new grpc.Server({
+    "grpc.max_receive_message_length": MAX_MESSAGE_BYTES,
+    "grpc.max_send_message_length": 64 * 1024,
+    "grpc.keepalive_time_ms": 60_000,
+    "grpc.keepalive_permit_without_calls": 1,
+  });
+  new SigningService({
+    provider,
+    authenticator: new ClientCertificateAuthenticator(flags["trust-domain"]),
+    limits: {
+      trustDomain: flags["trust-domain"],
+      maxValidityMs: flags["service-cert-validity-duration"],
+      minValidityMs: flags["min-cert-validity"],
+    },
+    logger,
+    metrics,
+  }).register(server);
+
+  // Client certificates are requested but not required by TLS: the handler decides, so callers
+  // without one get UNAUTHENTICATED with a reason instead of a bare handshake failure.
+  const credentials = grpc.experimental.createCertificateProviderServerCredentials(tls, tls, false);
+  const port = await new Promise<number>((resolve, reject) =>
+    server.bindAsync(flags.listen, credentials, (error, bound) => (error ? reject(error) : resolve(bound))),
+  );
+  const listen = parseHostPort(flags.listen);
+  const address = `${listen.host}:${port}`;
+
+  let ready = true;
+  const admin = new AdminServer({
+    metrics,
+    notReadyReason: () => (ready ? null : "shutting down"),
+  });
+  const adminBound = await admin.listen(parseHostPort(flags["admin-listen"]));
+  const adminAddress = `${adminBound.host}:${adminBound.port}`;
+  logger.info(
+    {
+      event: "server.started",
+      address,
+      admin: adminAddress,
+      provider: provider.name,
+      trustDomain: flags["trust-domain"],
+    },
+    "signing server listening",
+  );
+
+  return {
+    address,
+    adminAddress,
+    async close() {
+      ready = false;
+      await new Promise<void>((resolve) => {
+        const force = setTimeout(() => {
+          server.forceShutdown();
+          resolve();
+        }, 5_000);
+        server.tryShutdown(() => {
+          clearTimeout(force);
+          resolve();
+        });
+      });
+      await admin.close();
+      await provider.close();
+    },
+  };
+}
+
+export async function serverCommand(argv: readonly string[]): Promise<void> {
+  const flags = parseFlags("server", SERVER_FLAGS, argv);
+  const logger = createLogger("osm-cert-server");
+  const running = await startServer(flags, logger);
+  await waitForSignal(logger);
+  await running.close();
+  logger.info({ event: "server.stopped" }, "signing server stopped");
+}

@@ -1,0 +1,117 @@
+// The three pieces Tresor keeps (DESIGN.md §7): `ca.crt`, `private.key`, `expiration`. Stores (a
+// local directory, later the osm-ca-bundle Secret) only move these strings; validating them and
+// making a new root happen here, once for every store.
+
+import { createPrivateKey, type KeyObject, X509Certificate } from "node:crypto";
+import { generateKeyPair, type KeyAlgorithm, privateKeyToPem } from "../../../common/keys.js";
+import { decodeSinglePem, encodePem, PemError } from "../../../common/pem.js";
+import {
+  buildCertificate,
+  encodeName,
+  ext,
+  keyIdentifier,
+  randomSerialNumber,
+  signerFor,
+} from "../../../common/x509/certificate.js";
+
+/** Exactly what a store holds: the file or Secret key contents, as text. */
+export interface CaMaterial {
+  readonly caCert: string;
+  readonly privateKey: string;
+  readonly expiration: string;
+}
+
+export class CaMaterialError extends Error {
+  readonly code = "ERR_OSM_CERT_CA_MATERIAL";
+}
+
+export interface RootOptions {
+  readonly keyAlgorithm: KeyAlgorithm;
+  readonly commonName: string;
+  readonly organization?: string;
+  readonly validityMs: number;
+}
+
+export interface LoadedCa {
+  readonly certificate: X509Certificate;
+  readonly certificatePem: string;
+  readonly certificateDer: Buffer;
+  readonly privateKey: KeyObject;
+}
+
+export function generateRoot(options: RootOptions, now = new Date()): CaMaterial {
+  const { privateKey, publicKey } = generateKeyPair(options.keyAlgorithm);
+  const spki = publicKey.export({ type: "spki", format: "der" });
+  const name = encodeName({ commonName: options.commonName, organization: options.organization });
+  const keyId = keyIdentifier(spki);
+  // Backdated like leaves, so a freshly made root is valid on hosts whose clocks run a little slow.
+  const notBefore = new Date(now.getTime() - 60_000);
+  const notAfter = new Date(now.getTime() + options.validityMs);
+  const der = buildCertificate(
+    {
+      serialNumber: randomSerialNumber(),
+      issuer: name,
+      subject: name,
+      spki,
+      notBefore,
+      notAfter,
+      extensions: [
+        ext.basicConstraints(true),
+        ext.keyUsage(["keyCertSign", "cRLSign", "digitalSignature"]),
+        ext.subjectKeyIdentifier(keyId),
+      ],
+    },
+    signerFor(privateKey),
+  );
+  return {
+    caCert: encodePem("CERTIFICATE", der),
+    privateKey: privateKeyToPem(privateKey),
+    // Second precision is all a certificate holds; the millisecond form matches OSM's seed shape.
+    expiration: new Date(Math.floor(notAfter.getTime() / 1000) * 1000).toISOString(),
+  };
+}
+
+/**
+ * Parses and cross-checks stored material. Anything inconsistent stops start-up: a mesh whose root
+ * silently changed would break every workload's trust at once.
+ */
+export function loadCa(material: CaMaterial, where: string, now = Date.now()): LoadedCa {
+  let der: Buffer;
+  let certificate: X509Certificate;
+  try {
+    der = decodeSinglePem(material.caCert, "CERTIFICATE");
+    certificate = new X509Certificate(der);
+  } catch (error) {
+    throw new CaMaterialError(`${where}: ca.crt is not a PEM certificate (${describe(error)})`);
+  }
+  if (!certificate.ca)
+    throw new CaMaterialError(`${where}: ca.crt is not a CA certificate (basicConstraints CA:false)`);
+  let privateKey: KeyObject;
+  try {
+    privateKey = createPrivateKey(material.privateKey);
+  } catch (error) {
+    throw new CaMaterialError(`${where}: private.key is not a PEM private key (${describe(error)})`);
+  }
+  if (!certificate.checkPrivateKey(privateKey)) {
+    throw new CaMaterialError(`${where}: private.key does not match the public key in ca.crt`);
+  }
+  const notAfter = new Date(certificate.validTo);
+  const expiration = new Date(material.expiration.trim());
+  if (Number.isNaN(expiration.getTime())) {
+    throw new CaMaterialError(`${where}: expiration "${material.expiration.trim()}" is not an ISO 8601 time`);
+  }
+  if (Math.abs(expiration.getTime() - notAfter.getTime()) >= 1000) {
+    throw new CaMaterialError(
+      `${where}: expiration ${expiration.toISOString()} does not match ca.crt notAfter ${notAfter.toISOString()}`,
+    );
+  }
+  if (notAfter.getTime() <= now) {
+    throw new CaMaterialError(`${where}: the root certificate expired at ${notAfter.toISOString()}`);
+  }
+  return { certificate, certificatePem: encodePem("CERTIFICATE", der), certificateDer: der, privateKey };
+}
+
+function describe(error: unknown): string {
+  if (error instanceof PemError) return error.message;
+  return error instanceof Error ? (error.message.split("\n")[0] ?? "unknown error") : String(error);
+}

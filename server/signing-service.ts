@@ -1,0 +1,235 @@
+// The gRPC face of the server: CertificateService (proto/osm/cert/v1). Each call is authenticated,
+// its CSR parsed and checked against the caller's identity, then handed to the provider. Every
+// refusal becomes a status code and a message a human can act on; nothing here can crash the process.
+
+import * as grpc from "@grpc/grpc-js";
+import { identityName } from "../common/identity.js";
+import type { Logger } from "../common/logger.js";
+import {
+  type Counter,
+  type Histogram,
+  LATENCY_BUCKETS_SECONDS,
+  type MetricsRegistry,
+} from "../common/metrics.js";
+import { CsrError, MAX_CSR_BYTES, parseCsrPem } from "../common/x509/csr.js";
+import {
+  type CreateCertificateRequest,
+  type CreateCertificateResponse,
+  certificateServiceDefinition,
+  dateToTimestamp,
+  durationToMs,
+  type TrustBundleMessage,
+  type WatchTrustBundleRequest,
+} from "../proto/signing-api.js";
+import type { ClientCertificateAuthenticator } from "./authn.js";
+import { decideServiceCertificate, type PolicyLimits } from "./policy.js";
+import { type CertificateProvider, ProviderError, type TrustBundle } from "./providers/provider.js";
+
+export interface SigningServiceOptions {
+  readonly provider: CertificateProvider;
+  readonly authenticator: ClientCertificateAuthenticator;
+  readonly limits: PolicyLimits;
+  readonly logger: Logger;
+  readonly metrics: MetricsRegistry;
+}
+
+type Code = keyof typeof grpc.status;
+
+class Refusal extends Error {
+  constructor(
+    readonly status: Code,
+    message: string,
+  ) {
+    super(message);
+  }
+}
+
+const CSR_STATUS: Readonly<Record<CsrError["code"], Code>> = {
+  CSR_NOT_PEM: "INVALID_ARGUMENT",
+  CSR_MALFORMED: "INVALID_ARGUMENT",
+  CSR_BAD_SIGNATURE: "INVALID_ARGUMENT",
+  CSR_UNSUPPORTED_KEY: "INVALID_ARGUMENT",
+  CSR_WEAK_KEY: "INVALID_ARGUMENT",
+  CSR_UNSUPPORTED_SIGNATURE: "INVALID_ARGUMENT",
+  CSR_TOO_LARGE: "RESOURCE_EXHAUSTED",
+};
+
+const PROVIDER_STATUS: Readonly<Record<ProviderError["reason"], Code>> = {
+  unavailable: "UNAVAILABLE",
+  denied: "PERMISSION_DENIED",
+  invalid: "INVALID_ARGUMENT",
+  internal: "INTERNAL",
+};
+
+export class SigningService {
+  private readonly issued: Counter;
+  private readonly latency: Histogram;
+  private readonly watchers: Counter;
+
+  constructor(private readonly options: SigningServiceOptions) {
+    const { metrics } = options;
+    this.issued = metrics.counter(
+      "osm_cert_server_issuance_total",
+      "CreateCertificate calls by provider and gRPC status code.",
+    );
+    this.latency = metrics.histogram(
+      "osm_cert_server_issuance_duration_seconds",
+      "CreateCertificate latency by provider and gRPC status code.",
+      LATENCY_BUCKETS_SECONDS,
+    );
+    this.watchers = metrics.counter(
+      "osm_cert_server_trust_bundle_watches_total",
+      "WatchTrustBundle streams opened.",
+    );
+  }
+
+  register(server: grpc.Server): void {
+    server.addService(certificateServiceDefinition(), {
+      CreateCertificate: this.createCertificate.bind(this),
+      WatchTrustBundle: this.watchTrustBundle.bind(this),
+    } satisfies grpc.UntypedServiceImplementation);
+  }
+
+  private createCertificate(
+    call: grpc.ServerUnaryCall<CreateCertificateRequest, CreateCertificateResponse>,
+    callback: grpc.sendUnaryData<CreateCertificateResponse>,
+  ): void {
+    const started = process.hrtime.bigint();
+    const provider = this.options.provider.name;
+    const finish = (code: Code): void => {
+      const labels = { provider, code };
+      this.issued.inc(labels);
+      this.latency.observe(Number(process.hrtime.bigint() - started) / 1e9, labels);
+    };
+    this.issue(call).then(
+      (response) => {
+        finish("OK");
+        callback(null, response);
+      },
+      (error: unknown) => {
+        const refusal = error instanceof Refusal ? error : this.unexpected(error);
+        finish(refusal.status);
+        callback({ code: grpc.status[refusal.status], details: refusal.message });
+      },
+    );
+  }
+
+  private async issue(call: grpc.ServerUnaryCall<CreateCertificateRequest, CreateCertificateResponse>) {
+    const { provider, authenticator, limits, logger } = this.options;
+    const authn = authenticator.authenticate(call);
+    if (!authn.ok) throw new Refusal("UNAUTHENTICATED", authn.message);
+    const { caller } = authn;
+
+    const csrPem = call.request.csr;
+    if (Buffer.byteLength(csrPem) > MAX_CSR_BYTES) {
+      throw new Refusal(
+        "RESOURCE_EXHAUSTED",
+        `CSR is ${Buffer.byteLength(csrPem)} bytes; the limit is ${MAX_CSR_BYTES}`,
+      );
+    }
+    let csr: ReturnType<typeof parseCsrPem>;
+    try {
+      csr = parseCsrPem(csrPem);
+    } catch (error) {
+      if (error instanceof CsrError) throw new Refusal(CSR_STATUS[error.code], `bad CSR: ${error.message}`);
+      throw error;
+    }
+
+    const decision = decideServiceCertificate(
+      caller.identity,
+      csr,
+      durationToMs(call.request.validity),
+      limits,
+    );
+    if (!decision.ok) {
+      if (decision.code === "PERMISSION_DENIED") {
+        logger.warn(
+          {
+            event: "certificate.denied",
+            caller: identityName(caller.identity),
+            csrCommonName: csr.subjectCommonName,
+            csrDns: csr.dnsNames,
+            csrUris: csr.uris,
+            pod: caller.podUid,
+          },
+          decision.message,
+        );
+      }
+      throw new Refusal(decision.code, decision.message);
+    }
+
+    let issued: Awaited<ReturnType<CertificateProvider["issue"]>>;
+    try {
+      issued = await provider.issue({
+        csrPem,
+        csr,
+        profile: "service",
+        commonName: decision.commonName,
+        dnsNames: decision.dnsNames,
+        uris: decision.uris,
+        ipAddresses: [],
+        validityMs: decision.validityMs,
+      });
+    } catch (error) {
+      if (error instanceof ProviderError) {
+        throw new Refusal(PROVIDER_STATUS[error.reason], `${provider.name}: ${error.message}`);
+      }
+      throw error;
+    }
+
+    // The audit line: one per issuance, never key material.
+    logger.info(
+      {
+        event: "certificate.issued",
+        identity: identityName(caller.identity),
+        serial: issued.serialNumber,
+        notAfter: issued.notAfter.toISOString(),
+        provider: provider.name,
+        authn: caller.method,
+        pod: caller.podUid,
+        validityClamped: decision.clamped || undefined,
+        requestedValidityMs: decision.clamped ? durationToMs(call.request.validity) : undefined,
+      },
+      decision.clamped
+        ? "issued certificate (requested validity clamped to the server maximum)"
+        : "issued certificate",
+    );
+    return {
+      certificate_chain: [...issued.chainPem],
+      trust_bundle: this.bundleMessage(provider.trustBundle()),
+      serial_number: issued.serialNumber,
+      not_before: dateToTimestamp(issued.notBefore),
+      not_after: dateToTimestamp(issued.notAfter),
+      validity_clamped: decision.clamped,
+    };
+  }
+
+  private watchTrustBundle(
+    call: grpc.ServerWritableStream<WatchTrustBundleRequest, TrustBundleMessage>,
+  ): void {
+    const authn = this.options.authenticator.authenticate(call);
+    if (!authn.ok) {
+      call.emit("error", { code: grpc.status.UNAUTHENTICATED, details: authn.message });
+      return;
+    }
+    this.watchers.inc();
+    const { provider } = this.options;
+    call.write(this.bundleMessage(provider.trustBundle()));
+    const unsubscribe = provider.onTrustBundleChange((bundle) => call.write(this.bundleMessage(bundle)));
+    call.on("cancelled", unsubscribe);
+    call.on("close", unsubscribe);
+  }
+
+  private bundleMessage(bundle: TrustBundle): TrustBundleMessage {
+    return {
+      trust_domain: this.options.limits.trustDomain,
+      root_certificates: [...bundle.roots],
+      version: bundle.version,
+    };
+  }
+
+  private unexpected(error: unknown): Refusal {
+    this.options.logger.error({ err: error }, "unexpected failure while issuing a certificate");
+    return new Refusal("INTERNAL", "internal error while issuing the certificate; see the server log");
+  }
+}

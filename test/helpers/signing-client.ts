@@ -1,0 +1,77 @@
+// A raw client of our signing API for tests: any CSR, any client certificate (or none).
+
+import * as grpc from "@grpc/grpc-js";
+import {
+  type CreateCertificateResponse,
+  certificateServiceDefinition,
+  msToDuration,
+  type TrustBundleMessage,
+} from "../../proto/signing-api.js";
+import type { KeyedCert } from "./pki.js";
+
+type Untyped = grpc.Client & Record<string, (...args: unknown[]) => unknown>;
+
+export class TestSigningClient {
+  private readonly client: Untyped;
+
+  constructor(address: string, rootPem: string, clientCert?: KeyedCert) {
+    const Constructor = grpc.makeGenericClientConstructor(
+      certificateServiceDefinition(),
+      "CertificateService",
+    );
+    const credentials = grpc.credentials.createSsl(
+      Buffer.from(rootPem),
+      clientCert ? Buffer.from(clientCert.keyPem) : null,
+      clientCert ? Buffer.from(clientCert.certPem) : null,
+    );
+    this.client = new Constructor(address, credentials, {
+      "grpc.max_send_message_length": 1 << 20,
+    }) as Untyped;
+  }
+
+  create(csr: string, validityMs = 0): Promise<CreateCertificateResponse> {
+    return new Promise((resolve, reject) => {
+      (
+        this.client.CreateCertificate as (
+          r: object,
+          o: object,
+          cb: (e: grpc.ServiceError | null, r?: CreateCertificateResponse) => void,
+        ) => void
+      ).call(
+        this.client,
+        { csr, validity: msToDuration(validityMs) },
+        { deadline: Date.now() + 10_000 },
+        (error, response) => (error ? reject(error) : resolve(response as CreateCertificateResponse)),
+      );
+    });
+  }
+
+  /** The first trust bundle message of a WatchTrustBundle stream. */
+  firstBundle(): Promise<TrustBundleMessage> {
+    const stream = (
+      this.client.WatchTrustBundle as (r: object) => grpc.ClientReadableStream<TrustBundleMessage>
+    ).call(this.client, {});
+    return new Promise((resolve, reject) => {
+      stream.once("data", (bundle: TrustBundleMessage) => {
+        stream.cancel();
+        resolve(bundle);
+      });
+      stream.once("error", reject);
+    });
+  }
+
+  close(): void {
+    this.client.close();
+  }
+}
+
+/** Resolves to the gRPC status name of a failed call, or "OK". */
+export async function statusOf(call: Promise<unknown>): Promise<{ status: string; details: string }> {
+  try {
+    await call;
+    return { status: "OK", details: "" };
+  } catch (error) {
+    const e = error as grpc.ServiceError;
+    return { status: grpc.status[e.code] ?? String(e.code), details: e.details };
+  }
+}
