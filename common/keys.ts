@@ -2,6 +2,7 @@
 // 2048/3072/4096 on request. Keys live as KeyObjects so OpenSSL parses them once, never per use.
 
 import { generateKeyPair as generateKeyPairCallback, generateKeyPairSync, type KeyObject } from "node:crypto";
+import { promisify } from "node:util";
 
 export type KeyAlgorithm = "ecdsa-p256" | "ecdsa-p384" | "rsa-2048" | "rsa-3072" | "rsa-4096";
 
@@ -34,46 +35,39 @@ export function parseKeyAlgorithm(text: string): KeyAlgorithm {
   return found;
 }
 
-type GenerateArgs =
-  | ["ec", { namedCurve: string }]
-  | ["rsa", { modulusLength: number; publicExponent: number }];
+type KeySpec =
+  | { readonly type: "ec"; readonly namedCurve: string }
+  | { readonly type: "rsa"; readonly modulusLength: number };
 
-function generateArgs(alg: KeyAlgorithm): GenerateArgs {
-  switch (alg) {
-    case "ecdsa-p256":
-      return ["ec", { namedCurve: "P-256" }];
-    case "ecdsa-p384":
-      return ["ec", { namedCurve: "P-384" }];
-    case "rsa-2048":
-      return ["rsa", { modulusLength: 2048, publicExponent: 65537 }];
-    case "rsa-3072":
-      return ["rsa", { modulusLength: 3072, publicExponent: 65537 }];
-    case "rsa-4096":
-      return ["rsa", { modulusLength: 4096, publicExponent: 65537 }];
-    default:
-      throw new KeyAlgorithmError(
-        `invalid key algorithm "${String(alg)}": must be one of ${KEY_ALGORITHMS.join(", ")}`,
-      );
-  }
+const SPECS: Readonly<Record<KeyAlgorithm, KeySpec>> = {
+  "ecdsa-p256": { type: "ec", namedCurve: "P-256" },
+  "ecdsa-p384": { type: "ec", namedCurve: "P-384" },
+  "rsa-2048": { type: "rsa", modulusLength: 2048 },
+  "rsa-3072": { type: "rsa", modulusLength: 3072 },
+  "rsa-4096": { type: "rsa", modulusLength: 4096 },
+};
+
+function specFor(alg: KeyAlgorithm): KeySpec {
+  const spec = SPECS[alg];
+  // Callers in plain JS (or a cast) could pass anything; fail with the same message as the flag.
+  if (spec === undefined) return SPECS[parseKeyAlgorithm(String(alg))];
+  return spec;
 }
+
+const generateKeyPairPromise = promisify(generateKeyPairCallback);
 
 /** Synchronous: an EC key takes well under a millisecond; RSA-4096 can take a second, so prefer the async form there. */
 export function generateKeyPair(alg: KeyAlgorithm): KeyPair {
-  const [type, options] = generateArgs(alg);
-  return type === "ec" ? generateKeyPairSync(type, options) : generateKeyPairSync(type, options);
+  const spec = specFor(alg);
+  if (spec.type === "ec") return generateKeyPairSync("ec", { namedCurve: spec.namedCurve });
+  return generateKeyPairSync("rsa", { modulusLength: spec.modulusLength, publicExponent: 65537 });
 }
 
 /** Generates on libuv's thread pool, so RSA generation does not stall the event loop (SDS streams, gRPC). */
 export function generateKeyPairAsync(alg: KeyAlgorithm): Promise<KeyPair> {
-  const [type, options] = generateArgs(alg);
-  return new Promise((resolve, reject) => {
-    const done = (err: Error | null, publicKey: KeyObject, privateKey: KeyObject): void => {
-      if (err) reject(err);
-      else resolve({ privateKey, publicKey });
-    };
-    if (type === "ec") generateKeyPairCallback(type, options, done);
-    else generateKeyPairCallback(type, options, done);
-  });
+  const spec = specFor(alg);
+  if (spec.type === "ec") return generateKeyPairPromise("ec", { namedCurve: spec.namedCurve });
+  return generateKeyPairPromise("rsa", { modulusLength: spec.modulusLength, publicExponent: 65537 });
 }
 
 /** PKCS#8 PEM ("-----BEGIN PRIVATE KEY-----"), the form Envoy, OpenSSL and Kubernetes Secrets all read. */

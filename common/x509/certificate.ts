@@ -51,20 +51,22 @@ const signers = new WeakMap<KeyObject, CertificateSigner>();
 export function signerFor(caPrivateKey: KeyObject): CertificateSigner {
   const cached = signers.get(caPrivateKey);
   if (cached !== undefined) return cached;
-  if (caPrivateKey.type !== "private")
+  if (caPrivateKey.type !== "private") {
     throw new CertificateError(`a signing key must be private, got a ${caPrivateKey.type} key`);
+  }
   let signer: CertificateSigner;
   const type = caPrivateKey.asymmetricKeyType;
   if (type === "ec") {
     const curve = caPrivateKey.asymmetricKeyDetails?.namedCurve;
-    if (curve === "prime256v1")
+    if (curve === "prime256v1") {
       signer = { key: caPrivateKey, hash: "sha256", algorithmIdentifier: ALG_ECDSA_SHA256 };
-    else if (curve === "secp384r1")
+    } else if (curve === "secp384r1") {
       signer = { key: caPrivateKey, hash: "sha384", algorithmIdentifier: ALG_ECDSA_SHA384 };
-    else
+    } else {
       throw new CertificateError(
         `EC signing keys must be on P-256 or P-384, got curve ${curve ?? "unknown"}`,
       );
+    }
   } else if (type === "rsa") {
     signer = { key: caPrivateKey, hash: "sha256", algorithmIdentifier: ALG_RSA_SHA256 };
   } else {
@@ -81,12 +83,14 @@ const OID_O = derOid(OID.organizationName);
 
 /** A Name of [O,] CN — most general first, as OSM (Go's pkix.Name) writes it — with UTF8String values. */
 export function encodeName(attrs: { commonName: string; organization?: string }): Buffer {
-  if (attrs.commonName.length === 0)
+  if (attrs.commonName.length === 0) {
     throw new CertificateError("a certificate name needs a non-empty commonName");
+  }
   const cn = derSet(derSequence(OID_CN, derUtf8String(attrs.commonName)));
   if (attrs.organization === undefined) return derSequence(cn);
-  if (attrs.organization.length === 0)
+  if (attrs.organization.length === 0) {
     throw new CertificateError("organization must not be empty when given");
+  }
   return derSequence(derSet(derSequence(OID_O, derUtf8String(attrs.organization))), cn);
 }
 
@@ -351,8 +355,9 @@ export function buildCertificate(fields: CertificateFields, signer: CertificateS
     fields.subject,
     fields.spki,
   ];
-  if (fields.extensions.length > 0)
+  if (fields.extensions.length > 0) {
     parts.push(derExplicit(3, derConstructed(TAG.SEQUENCE, fields.extensions)));
+  }
   const tbs = derConstructed(TAG.SEQUENCE, parts);
   const signature = sign(signer.hash, tbs, signer.key);
   return derSequence(tbs, signer.algorithmIdentifier, derBitString(signature));

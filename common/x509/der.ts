@@ -2,7 +2,9 @@
 // cost more than the signature itself (DESIGN.md §12), so CSRs and certificates are walked by hand
 // with this file. The reader accepts only what DER allows — definite, minimally encoded lengths and
 // low tag numbers — and checks every length against its enclosing bounds, so hostile input can only
-// ever produce a DerError.
+// ever produce a DerError. Two DER rules are deliberately not enforced because common encoders
+// break them and nothing we decide depends on them: SET OF element order, and omission of
+// DEFAULT values (an explicit `critical FALSE`). Both are covered by the signature anyway.
 
 export class DerError extends Error {
   readonly code = "ERR_OSM_CERT_DER";
@@ -40,7 +42,7 @@ export interface Tlv {
   readonly end: number;
 }
 
-/** Lengths above this are refused outright: nothing we parse comes near it (CSRs are ≤ 8 KiB). */
+/** At most 3 length octets (16 MiB): nothing we parse comes near it (CSRs are ≤ 8 KiB). */
 const MAX_LENGTH_OCTETS = 3;
 
 function hex(byte: number): string {
@@ -66,18 +68,21 @@ export function readTlv(buf: Uint8Array, offset: number, limit: number = buf.len
     throw new DerError(`indefinite length at offset ${offset + 1} (not DER)`);
   } else {
     const count = first & 0x7f;
-    if (count > MAX_LENGTH_OCTETS)
+    if (count > MAX_LENGTH_OCTETS) {
       throw new DerError(`length of ${count} octets at offset ${offset + 1} is too large`);
+    }
     if (offset + 2 + count > limit) throw new DerError(`truncated: length octets at offset ${offset + 1}`);
     const lead = buf[offset + 2] as number;
-    if (lead === 0)
+    if (lead === 0) {
       throw new DerError(`non-minimal length encoding at offset ${offset + 1} (leading zero octet)`);
+    }
     length = 0;
     for (let i = 0; i < count; i++) length = length * 256 + (buf[offset + 2 + i] as number);
-    if (length < 0x80)
+    if (length < 0x80) {
       throw new DerError(
         `non-minimal length encoding at offset ${offset + 1} (${length} fits the short form)`,
       );
+    }
     headerLength = 2 + count;
   }
   const start = offset + headerLength;
@@ -142,8 +147,9 @@ export class DerReader {
 
   /** Trailing bytes are how smuggled data hides; every structure must end exactly. */
   expectEnd(what: string): void {
-    if (this.pos !== this.end)
+    if (this.pos !== this.end) {
       throw new DerError(`${what}: ${this.end - this.pos} unexpected trailing byte(s)`);
+    }
   }
 }
 
@@ -164,14 +170,16 @@ export function encodingOf(buf: Buffer, tlv: Tlv): Buffer {
 export function decodeOid(bytes: Uint8Array): string {
   const n = bytes.length;
   if (n === 0) throw new DerError("OBJECT IDENTIFIER is empty");
-  if (((bytes[n - 1] as number) & 0x80) !== 0)
+  if (((bytes[n - 1] as number) & 0x80) !== 0) {
     throw new DerError("OBJECT IDENTIFIER ends inside a sub-identifier");
+  }
   let text = "";
   let first = true;
   let i = 0;
   while (i < n) {
-    if (bytes[i] === 0x80)
+    if (bytes[i] === 0x80) {
       throw new DerError("OBJECT IDENTIFIER sub-identifier has a non-minimal leading 0x80 octet");
+    }
     let value = 0;
     let big: bigint | undefined;
     for (;;) {
@@ -201,8 +209,9 @@ const oidDecodeCache = new Map<string, string>();
 
 /** The OID in an OBJECT IDENTIFIER TLV. */
 export function readOid(buf: Buffer, tlv: Tlv, what = "OBJECT IDENTIFIER"): string {
-  if (tlv.tag !== TAG.OID)
+  if (tlv.tag !== TAG.OID) {
     throw new DerError(`${what}: expected an OBJECT IDENTIFIER, found tag ${hex(tlv.tag)}`);
+  }
   const key = buf.toString("latin1", tlv.start, tlv.end);
   const cached = oidDecodeCache.get(key);
   if (cached !== undefined) return cached;
@@ -262,8 +271,9 @@ export function readBitString(
   what: string,
   octetAligned = true,
 ): { bytes: Buffer; unusedBits: number } {
-  if (tlv.tag !== TAG.BIT_STRING)
+  if (tlv.tag !== TAG.BIT_STRING) {
     throw new DerError(`${what}: expected a BIT STRING, found tag ${hex(tlv.tag)}`);
+  }
   if (tlv.end === tlv.start) throw new DerError(`${what}: BIT STRING is empty`);
   const unusedBits = buf[tlv.start] as number;
   if (unusedBits > 7) throw new DerError(`${what}: BIT STRING claims ${unusedBits} unused bits`);
@@ -279,7 +289,25 @@ export function readBitString(
 }
 
 const utf8 = new TextDecoder("utf-8", { fatal: true, ignoreBOM: true });
-const utf16be = new TextDecoder("utf-16be", { fatal: true, ignoreBOM: true });
+
+/** UTF-16BE by hand: TextDecoder only knows "utf-16be" when node is built with ICU. */
+function decodeUtf16be(buf: Buffer, start: number, end: number, what: string): string {
+  let text = "";
+  for (let i = start; i < end; i += 2) {
+    const unit = buf.readUInt16BE(i);
+    if (unit >= 0xd800 && unit <= 0xdbff) {
+      const next = i + 2 < end ? buf.readUInt16BE(i + 2) : 0;
+      if (next < 0xdc00 || next > 0xdfff) throw new DerError(`${what}: BMPString has an unpaired surrogate`);
+      text += String.fromCharCode(unit, next);
+      i += 2;
+    } else if (unit >= 0xdc00 && unit <= 0xdfff) {
+      throw new DerError(`${what}: BMPString has an unpaired surrogate`);
+    } else {
+      text += String.fromCharCode(unit);
+    }
+  }
+  return text;
+}
 
 function isAscii(bytes: Uint8Array, min: number, max: number): boolean {
   for (let i = 0; i < bytes.length; i++) {
@@ -329,8 +357,9 @@ export function readString(buf: Buffer, tlv: Tlv, what: string): string {
       }
     case TAG.PRINTABLE_STRING: {
       const text = buf.toString("latin1", tlv.start, tlv.end);
-      if (!PRINTABLE.test(text))
+      if (!PRINTABLE.test(text)) {
         throw new DerError(`${what}: PrintableString contains a character outside its set`);
+      }
       return text;
     }
     case TAG.NUMERIC_STRING: {
@@ -341,22 +370,20 @@ export function readString(buf: Buffer, tlv: Tlv, what: string): string {
     case TAG.IA5_STRING:
       return readIa5String(buf, tlv.start, tlv.end, what);
     case TAG.VISIBLE_STRING:
-      if (!isAscii(bytes, 0x20, 0x7e))
+      if (!isAscii(bytes, 0x20, 0x7e)) {
         throw new DerError(`${what}: VisibleString contains a non-printable octet`);
+      }
       return buf.toString("latin1", tlv.start, tlv.end);
     case TAG.T61_STRING:
       // T.61 is in practice written as Latin-1 by every encoder still producing it.
       return buf.toString("latin1", tlv.start, tlv.end);
     case TAG.BMP_STRING:
       if (bytes.length % 2 !== 0) throw new DerError(`${what}: BMPString has an odd length`);
-      try {
-        return utf16be.decode(bytes);
-      } catch {
-        throw new DerError(`${what}: BMPString is not valid UTF-16`);
-      }
+      return decodeUtf16be(buf, tlv.start, tlv.end, what);
     case TAG.UNIVERSAL_STRING: {
-      if (bytes.length % 4 !== 0)
+      if (bytes.length % 4 !== 0) {
         throw new DerError(`${what}: UniversalString length is not a multiple of 4`);
+      }
       let text = "";
       for (let i = 0; i < bytes.length; i += 4) {
         const cp = buf.readUInt32BE(tlv.start + i);
@@ -423,8 +450,9 @@ function checkContent(buf: Buffer, tlv: Tlv, depth: number): void {
       decodeOid(buf.subarray(tlv.start, tlv.end));
       return;
     case TAG.UTC_TIME:
-      if (!UTC_TIME.test(buf.toString("latin1", tlv.start, tlv.end)))
+      if (!UTC_TIME.test(buf.toString("latin1", tlv.start, tlv.end))) {
         throw new DerError("UTCTime is not YYMMDDHHMMSSZ");
+      }
       return;
     case TAG.GENERALIZED_TIME:
       if (!GENERALIZED_TIME.test(buf.toString("latin1", tlv.start, tlv.end))) {
@@ -512,8 +540,9 @@ export function derInteger(bytes: Uint8Array): Buffer {
 
 /** INTEGER from a non-negative safe integer (versions, path lengths). */
 export function derSmallInteger(value: number): Buffer {
-  if (!Number.isSafeInteger(value) || value < 0)
+  if (!Number.isSafeInteger(value) || value < 0) {
     throw new DerError(`cannot encode ${value} as a small non-negative INTEGER`);
+  }
   const bytes: number[] = [];
   let v = value;
   do {
@@ -534,8 +563,9 @@ export function derOid(dotted: string): Buffer {
   const arcs = dotted.split(".").map((a) => BigInt(a));
   const arc0 = arcs[0] as bigint;
   const arc1 = arcs[1] as bigint;
-  if (arc0 < 2n && arc1 >= 40n)
+  if (arc0 < 2n && arc1 >= 40n) {
     throw new DerError(`"${dotted}": the second arc must be below 40 under arc ${arc0}`);
+  }
   const content: number[] = [];
   for (const sub of [arc0 * 40n + arc1, ...arcs.slice(2)]) {
     const septets: number[] = [];
@@ -619,8 +649,9 @@ export function derUtcOrGeneralizedTime(date: Date): Buffer {
   const year = date.getUTCFullYear();
   if (year < 0 || year > 9999) throw new DerError(`cannot encode year ${year} in an X.509 time`);
   const rest = `${pad2(date.getUTCMonth() + 1)}${pad2(date.getUTCDate())}${pad2(date.getUTCHours())}${pad2(date.getUTCMinutes())}${pad2(date.getUTCSeconds())}Z`;
-  if (year >= 1950 && year <= 2049)
+  if (year >= 1950 && year <= 2049) {
     return derTlv(TAG.UTC_TIME, Buffer.from(`${pad2(year % 100)}${rest}`, "latin1"));
+  }
   return derTlv(TAG.GENERALIZED_TIME, Buffer.from(`${String(year).padStart(4, "0")}${rest}`, "latin1"));
 }
 

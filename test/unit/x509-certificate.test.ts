@@ -23,33 +23,7 @@ import {
 import { createCsr, parseCsrDer } from "../../common/x509/csr.js";
 import { derImplicitPrimitive } from "../../common/x509/der.js";
 import { OID } from "../../common/x509/oids.js";
-
-// tsyringe (inside @peculiar/x509) insists on a Reflect metadata API at load time; the package that
-// provides one is not a dependency, so the few functions it calls are stood in for here.
-function installReflectMetadata(): void {
-  const r = Reflect as unknown as Record<string, unknown>;
-  if (typeof r.getMetadata === "function") return;
-  const store = new WeakMap<object, Map<unknown, unknown>>();
-  const get = (key: unknown, target: object): unknown => {
-    for (let o: object | null = target; o !== null; o = Object.getPrototypeOf(o)) {
-      const m = store.get(o);
-      if (m?.has(key)) return m.get(key);
-    }
-    return undefined;
-  };
-  r.defineMetadata = (key: unknown, value: unknown, target: object) => {
-    const m = store.get(target) ?? new Map<unknown, unknown>();
-    m.set(key, value);
-    store.set(target, m);
-  };
-  r.getOwnMetadata = (key: unknown, target: object) => store.get(target)?.get(key);
-  r.getMetadata = get;
-  r.hasMetadata = (key: unknown, target: object) => get(key, target) !== undefined;
-  r.metadata = (key: unknown, value: unknown) => (target: object) =>
-    (r.defineMetadata as (k: unknown, v: unknown, t: object) => void)(key, value, target);
-}
-installReflectMetadata();
-const x509 = await import("@peculiar/x509");
+import { x509 } from "../helpers/peculiar.js";
 
 const dir = mkdtempSync(join(tmpdir(), "osm-cert-x509-cert-"));
 after(() => rmSync(dir, { recursive: true, force: true }));

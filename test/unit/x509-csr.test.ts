@@ -29,6 +29,7 @@ import {
   derBitString,
   derExplicit,
   derImplicitContext,
+  derImplicitPrimitive,
   derInteger,
   derNull,
   derOctetString,
@@ -40,33 +41,7 @@ import {
   encodingOf,
 } from "../../common/x509/der.js";
 import { OID } from "../../common/x509/oids.js";
-
-// tsyringe (inside @peculiar/x509) insists on a Reflect metadata API at load time; the package that
-// provides one is not a dependency, so the few functions it calls are stood in for here.
-function installReflectMetadata(): void {
-  const r = Reflect as unknown as Record<string, unknown>;
-  if (typeof r.getMetadata === "function") return;
-  const store = new WeakMap<object, Map<unknown, unknown>>();
-  const get = (key: unknown, target: object): unknown => {
-    for (let o: object | null = target; o !== null; o = Object.getPrototypeOf(o)) {
-      const m = store.get(o);
-      if (m?.has(key)) return m.get(key);
-    }
-    return undefined;
-  };
-  r.defineMetadata = (key: unknown, value: unknown, target: object) => {
-    const m = store.get(target) ?? new Map<unknown, unknown>();
-    m.set(key, value);
-    store.set(target, m);
-  };
-  r.getOwnMetadata = (key: unknown, target: object) => store.get(target)?.get(key);
-  r.getMetadata = get;
-  r.hasMetadata = (key: unknown, target: object) => get(key, target) !== undefined;
-  r.metadata = (key: unknown, value: unknown) => (target: object) =>
-    (r.defineMetadata as (k: unknown, v: unknown, t: object) => void)(key, value, target);
-}
-installReflectMetadata();
-const x509 = await import("@peculiar/x509");
+import { x509 } from "../helpers/peculiar.js";
 
 const dir = mkdtempSync(join(tmpdir(), "osm-cert-x509-csr-"));
 after(() => rmSync(dir, { recursive: true, force: true }));
@@ -610,6 +585,21 @@ test("accepts what OpenSSL accepts: no attributes, compressed points, SAN kinds 
   assert.equal(others.otherSanCount, 2);
   assert.deepEqual(others.dnsNames, ["a"]);
   assert.deepEqual(ourView(others), peculiarView(withOthers));
+
+  const registeredId = derSequence(derImplicitPrimitive(8, derOid("1.2.3").subarray(2)));
+  const withId = extensionRequest(derSequence(derOid(OID.subjectAltName), derOctetString(registeredId)));
+  assert.equal(
+    parseCsrDer(signed(infoOf({ spki: p256Spki, attributes: withId }), p256.privateKey)).otherSanCount,
+    1,
+  );
+  // ediPartyName and x400Address are refused outright; libraries do not even agree on their tagging.
+  const edi = derSequence(derImplicitContext(5, derExplicit(1, derUtf8String("party"))));
+  const withEdi = extensionRequest(derSequence(derOid(OID.subjectAltName), derOctetString(edi)));
+  rejects(
+    () => parseCsrDer(signed(infoOf({ spki: p256Spki, attributes: withEdi }), p256.privateKey)),
+    "CSR_MALFORMED",
+    /ediPartyName entries are not supported/,
+  );
   assert.equal(await new x509.Pkcs10CertificateRequest(withOthers).verify(), true);
 });
 
