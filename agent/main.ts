@@ -20,6 +20,7 @@ import { MetricsRegistry } from "../common/metrics.js";
 import { decodeCertificates } from "../common/pem.js";
 import { MutableCertificateProvider } from "../common/tls-material.js";
 import { AGENT_FLAGS } from "./flags.js";
+import { ProjectedToken } from "./projected-token.js";
 import { Rotator } from "./rotator.js";
 import { SdsServer } from "./sds/sds-server.js";
 import { SecretCache } from "./secret-cache.js";
@@ -47,13 +48,8 @@ function identityFromFlags(flags: AgentFlags): ServiceIdentity {
 }
 
 async function readBootstrap(flags: AgentFlags, identity: ServiceIdentity) {
-  if (flags["token-file"] !== undefined) {
-    throw new FlagError(
-      "agent: --token-file (ServiceAccount-token authentication) is not available in this build yet; use --bootstrap-cert and --bootstrap-key",
-    );
-  }
   if (flags["bootstrap-cert"] === undefined || flags["bootstrap-key"] === undefined) {
-    throw new FlagError("agent: give --bootstrap-cert and --bootstrap-key (or --token-file)");
+    throw new FlagError("agent: give --token-file, or both --bootstrap-cert and --bootstrap-key");
   }
   const [certPem, keyPem] = await Promise.all([
     readFile(flags["bootstrap-cert"], "utf8"),
@@ -79,9 +75,28 @@ async function readBootstrap(flags: AgentFlags, identity: ServiceIdentity) {
   return { certPem, keyPem, podUid: parsed.podUid };
 }
 
+/** The first credential: a projected ServiceAccount token, or an xDS bootstrap certificate. */
+async function openCredential(flags: AgentFlags, identity: ServiceIdentity, logger: Logger) {
+  const tokenFile = flags["token-file"];
+  if (tokenFile !== undefined) {
+    if (flags["bootstrap-cert"] !== undefined || flags["bootstrap-key"] !== undefined) {
+      throw new FlagError("agent: give either --token-file or --bootstrap-cert/--bootstrap-key, not both");
+    }
+    const token = new ProjectedToken(tokenFile, logger);
+    try {
+      await token.start();
+    } catch (error) {
+      throw new AgentStartupError(`--token-file: ${(error as Error).message}`);
+    }
+    return { bootstrap: null, token, podUid: undefined };
+  }
+  const bootstrap = await readBootstrap(flags, identity);
+  return { bootstrap, token: null, podUid: bootstrap.podUid };
+}
+
 export async function startAgent(flags: AgentFlags, logger: Logger): Promise<RunningAgent> {
   const identity = identityFromFlags(flags);
-  const bootstrap = await readBootstrap(flags, identity);
+  const { bootstrap, token, podUid } = await openCredential(flags, identity, logger);
   const caBundle = await readFile(flags["ca-bundle"], "utf8");
   try {
     if (decodeCertificates(caBundle).length === 0) throw new Error("no CERTIFICATE block");
@@ -94,7 +109,12 @@ export async function startAgent(flags: AgentFlags, logger: Logger): Promise<Run
   cache.setTrustBundle(caBundle);
   const tls = new MutableCertificateProvider();
   tls.setCaCertificates(caBundle);
-  const signer = new SignerClient({ target: flags.server, tls });
+  const signer = new SignerClient({
+    target: flags.server,
+    tls,
+    clientCertificate: bootstrap !== null,
+    token: token === null ? undefined : () => token.current(),
+  });
   const rotator = new Rotator({
     identity,
     trustDomain: flags["trust-domain"],
@@ -121,7 +141,8 @@ export async function startAgent(flags: AgentFlags, logger: Logger): Promise<Run
       return {
         identity: identityName(identity),
         spiffeId: spiffeId(identity, flags["trust-domain"]),
-        pod: bootstrap.podUid,
+        pod: podUid ?? null,
+        credential: token === null ? "bootstrap-cert" : "service-account-token",
         certificate: certificate && {
           serialNumber: certificate.serialNumber,
           notBefore: certificate.notBefore.toISOString(),
@@ -168,6 +189,7 @@ export async function startAgent(flags: AgentFlags, logger: Logger): Promise<Run
       await sds.close();
       await admin.close();
       signer.close();
+      await token?.close();
     },
   };
 }

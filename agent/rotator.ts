@@ -36,8 +36,11 @@ export interface RotatorOptions {
   readonly cache: SecretCache;
   /** Client TLS identity: switched to each new service cert so renewals authenticate with it. */
   readonly tls: MutableCertificateProvider;
-  /** The xDS bootstrap cert and key (PEM), used whenever no valid service cert exists. */
-  readonly bootstrap: { readonly certPem: string; readonly keyPem: string };
+  /**
+   * The xDS bootstrap cert and key (PEM), used whenever no valid service cert exists. Null when
+   * the agent authenticates with a ServiceAccount token instead, and presents no client cert.
+   */
+  readonly bootstrap: { readonly certPem: string; readonly keyPem: string } | null;
   readonly logger: Logger;
   readonly metrics: MetricsRegistry;
   readonly requestTimeoutMs?: number;
@@ -78,7 +81,8 @@ export class Rotator {
       "osm_cert_agent_cert_expiry_timestamp_seconds",
       "notAfter of the served certificate.",
     );
-    options.tls.setIdentity(options.bootstrap.certPem, options.bootstrap.keyPem);
+    if (options.bootstrap !== null)
+      options.tls.setIdentity(options.bootstrap.certPem, options.bootstrap.keyPem);
   }
 
   start(): void {
@@ -117,8 +121,10 @@ export class Rotator {
     const bundle = response.trust_bundle?.root_certificates.join("") ?? "";
     if (bundle !== "") this.options.cache.setTrustBundle(bundle);
     this.options.cache.setCertificate(certificate);
-    this.options.tls.setIdentity(certificate.certChainPem, certificate.privateKeyPem);
-    this.usingServiceCert = true;
+    if (this.options.bootstrap !== null) {
+      this.options.tls.setIdentity(certificate.certChainPem, certificate.privateKeyPem);
+      this.usingServiceCert = true;
+    }
     return certificate;
   }
 
@@ -187,7 +193,11 @@ export class Rotator {
 
   /** An expired service cert cannot authenticate a renewal; the bootstrap cert still can. */
   private fallBackToBootstrapIfExpired(): void {
-    if (this.usingServiceCert && this.options.cache.validCertificate() === null) {
+    if (
+      this.options.bootstrap !== null &&
+      this.usingServiceCert &&
+      this.options.cache.validCertificate() === null
+    ) {
       this.options.tls.setIdentity(this.options.bootstrap.certPem, this.options.bootstrap.keyPem);
       this.usingServiceCert = false;
     }

@@ -30,6 +30,10 @@ export interface SignerClientOptions {
   /** HOST:PORT of the signing server. */
   readonly target: string;
   readonly tls: MutableCertificateProvider;
+  /** Present a client certificate (bootstrap, then the current service cert) on the TLS handshake. */
+  readonly clientCertificate: boolean;
+  /** A bearer token sent with every call (projected ServiceAccount token), when set. */
+  readonly token?: () => string;
 }
 
 type GenericClient = grpc.Client & Record<string, (...args: unknown[]) => unknown>;

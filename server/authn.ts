@@ -2,15 +2,17 @@
 // (grpc-js reports a peer certificate only then), it is still valid now (a long-lived connection can
 // outlive the certificate it was opened with), and it is meant for client authentication. The
 // identity comes from its SPIFFE ID (a service cert, on renewal) or its CN (an xDS bootstrap cert).
-// ServiceAccount tokens join here as a second authenticator.
+// A bearer token in the call's metadata is checked instead, with a TokenReview (token-review.ts).
 
 import { X509Certificate } from "node:crypto";
 import { parseBootstrapCommonName, parseSpiffeId, type ServiceIdentity } from "../common/identity.js";
+import type { TokenAuthenticator } from "./token-review.js";
 
 export type Caller = {
   readonly identity: ServiceIdentity;
-  readonly method: "service-cert" | "bootstrap-cert";
-  readonly podUid?: string;
+  readonly method: "service-cert" | "bootstrap-cert" | "service-account-token";
+  readonly podUid?: string | undefined;
+  readonly podName?: string | undefined;
   /** Expiry of the credential; cached authentications never outlive it. */
   readonly credentialNotAfter: number;
 };
@@ -116,4 +118,45 @@ function uriSans(subjectAltName: string | undefined): string[] {
 function commonName(subject: string): string | null {
   const line = subject.split("\n").find((l) => l.startsWith("CN="));
   return line === undefined ? null : line.slice(3);
+}
+
+/** What authentication reads from a call: its TLS peer and its metadata. */
+export interface AuthnCall extends PeerCertificateSource {
+  readonly metadata: { get(key: string): (string | Buffer)[] };
+}
+
+export type CallerResult =
+  | { readonly ok: true; readonly caller: Caller }
+  | { readonly ok: false; readonly status: "UNAUTHENTICATED" | "UNAVAILABLE"; readonly message: string };
+
+/** A bearer token, when present, decides; otherwise the client certificate does. */
+export class CallerAuthenticator {
+  constructor(
+    private readonly clientCertificates: ClientCertificateAuthenticator,
+    private readonly tokens: TokenAuthenticator | null,
+  ) {}
+
+  async authenticate(call: AuthnCall): Promise<CallerResult> {
+    const header = call.metadata.get("authorization")[0];
+    if (header !== undefined) {
+      const match = /^Bearer (.+)$/i.exec(String(header));
+      if (match === null)
+        return {
+          ok: false,
+          status: "UNAUTHENTICATED",
+          message: 'authorization metadata is not "Bearer <token>"',
+        };
+      if (this.tokens === null) {
+        return {
+          ok: false,
+          status: "UNAUTHENTICATED",
+          message:
+            "this server does not accept ServiceAccount tokens (it runs without the Kubernetes API); use a client certificate",
+        };
+      }
+      return this.tokens.authenticate(match[1] as string);
+    }
+    const result = this.clientCertificates.authenticate(call);
+    return result.ok ? result : { ok: false, status: "UNAUTHENTICATED", message: result.message };
+  }
 }

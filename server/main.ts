@@ -12,7 +12,7 @@ import { MetricsRegistry } from "../common/metrics.js";
 import { encodePem } from "../common/pem.js";
 import { MutableCertificateProvider } from "../common/tls-material.js";
 import { createCsr, parseCsrDer } from "../common/x509/csr.js";
-import { ClientCertificateAuthenticator } from "./authn.js";
+import { CallerAuthenticator, ClientCertificateAuthenticator } from "./authn.js";
 import { SERVER_FLAGS } from "./flags.js";
 import type { CertificateProvider } from "./providers/provider.js";
 import { DirectoryCaStore } from "./providers/tresor/directory-store.js";
@@ -114,7 +114,7 @@ export async function startServer(flags: ServerFlags, logger: Logger): Promise<R
   });
   new SigningService({
     provider,
-    authenticator: new ClientCertificateAuthenticator(flags["trust-domain"]),
+    authenticator: new CallerAuthenticator(new ClientCertificateAuthenticator(flags["trust-domain"]), null),
     limits: {
       trustDomain: flags["trust-domain"],
       maxValidityMs: flags["service-cert-validity-duration"],

@@ -21,13 +21,13 @@ import {
   type TrustBundleMessage,
   type WatchTrustBundleRequest,
 } from "../proto/signing-api.js";
-import type { ClientCertificateAuthenticator } from "./authn.js";
+import type { CallerAuthenticator } from "./authn.js";
 import { decideServiceCertificate, type PolicyLimits } from "./policy.js";
 import { type CertificateProvider, ProviderError, type TrustBundle } from "./providers/provider.js";
 
 export interface SigningServiceOptions {
   readonly provider: CertificateProvider;
-  readonly authenticator: ClientCertificateAuthenticator;
+  readonly authenticator: CallerAuthenticator;
   readonly limits: PolicyLimits;
   readonly logger: Logger;
   readonly metrics: MetricsRegistry;
@@ -116,8 +116,8 @@ export class SigningService {
 
   private async issue(call: grpc.ServerUnaryCall<CreateCertificateRequest, CreateCertificateResponse>) {
     const { provider, authenticator, limits, logger } = this.options;
-    const authn = authenticator.authenticate(call);
-    if (!authn.ok) throw new Refusal("UNAUTHENTICATED", authn.message);
+    const authn = await authenticator.authenticate(call);
+    if (!authn.ok) throw new Refusal(authn.status, authn.message);
     const { caller } = authn;
 
     const csrPem = call.request.csr;
@@ -186,7 +186,8 @@ export class SigningService {
         notAfter: issued.notAfter.toISOString(),
         provider: provider.name,
         authn: caller.method,
-        pod: caller.podUid,
+        pod: caller.podName,
+        podUid: caller.podUid,
         validityClamped: decision.clamped || undefined,
         requestedValidityMs: decision.clamped ? durationToMs(call.request.validity) : undefined,
       },
@@ -207,17 +208,19 @@ export class SigningService {
   private watchTrustBundle(
     call: grpc.ServerWritableStream<WatchTrustBundleRequest, TrustBundleMessage>,
   ): void {
-    const authn = this.options.authenticator.authenticate(call);
-    if (!authn.ok) {
-      call.emit("error", { code: grpc.status.UNAUTHENTICATED, details: authn.message });
-      return;
-    }
-    this.watchers.inc();
-    const { provider } = this.options;
-    call.write(this.bundleMessage(provider.trustBundle()));
-    const unsubscribe = provider.onTrustBundleChange((bundle) => call.write(this.bundleMessage(bundle)));
-    call.on("cancelled", unsubscribe);
-    call.on("close", unsubscribe);
+    void this.options.authenticator.authenticate(call).then((authn) => {
+      if (!authn.ok) {
+        call.emit("error", { code: grpc.status[authn.status], details: authn.message });
+        return;
+      }
+      if (call.cancelled) return;
+      this.watchers.inc();
+      const { provider } = this.options;
+      call.write(this.bundleMessage(provider.trustBundle()));
+      const unsubscribe = provider.onTrustBundleChange((bundle) => call.write(this.bundleMessage(bundle)));
+      call.on("cancelled", unsubscribe);
+      call.on("close", unsubscribe);
+    });
   }
 
   private bundleMessage(bundle: TrustBundle): TrustBundleMessage {
