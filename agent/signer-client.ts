@@ -46,10 +46,20 @@ export class SignerClient {
       certificateServiceDefinition(),
       "CertificateService",
     );
-    const credentials = grpc.experimental.createCertificateProviderChannelCredentials(
+    let credentials: grpc.ChannelCredentials = grpc.experimental.createCertificateProviderChannelCredentials(
       options.tls,
-      options.tls,
+      options.clientCertificate ? options.tls : null,
     );
+    const token = options.token;
+    if (token !== undefined) {
+      credentials = credentials.compose(
+        grpc.credentials.createFromMetadataGenerator((_params, callback) => {
+          const metadata = new grpc.Metadata();
+          metadata.set("authorization", `Bearer ${token()}`);
+          callback(null, metadata);
+        }),
+      );
+    }
     this.client = new Constructor(options.target, credentials, {
       "grpc.keepalive_time_ms": 60_000,
       // Reconnect quickly after a server restart; the rotator adds its own backoff on top.

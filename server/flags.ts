@@ -34,6 +34,22 @@ export const SERVER_FLAGS = {
     help: "names in the server's own serving certificate (repeat or comma-separate)",
     default: "localhost,127.0.0.1,osm-cert.osm-system.svc,osm-cert.osm-system.svc.cluster.local",
   },
+  kubeconfig: {
+    kind: "string",
+    help: "JSON kubeconfig for running outside the cluster (in a pod, the in-cluster credentials are used)",
+    env: "KUBECONFIG",
+  },
+  "osm-namespace": {
+    kind: "string",
+    help: "namespace of the OSM control plane (CA bundle Secret, Lease)",
+    default: "osm-system",
+    env: "OSM_NAMESPACE",
+  },
+  "token-audience": {
+    kind: "string",
+    help: "audience agents' ServiceAccount tokens must carry",
+    default: "osm-cert",
+  },
   "trust-domain": {
     kind: "string",
     help: "SPIFFE trust domain and service-cert name suffix",

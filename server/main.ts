@@ -14,10 +14,14 @@ import { MutableCertificateProvider } from "../common/tls-material.js";
 import { createCsr, parseCsrDer } from "../common/x509/csr.js";
 import { CallerAuthenticator, ClientCertificateAuthenticator } from "./authn.js";
 import { SERVER_FLAGS } from "./flags.js";
+import { inClusterConfig, KubeClient, loadKubeconfig } from "./kubernetes/client.js";
+import { KubeTokenReviewer } from "./kubernetes/token-reviewer.js";
 import type { CertificateProvider } from "./providers/provider.js";
 import { DirectoryCaStore } from "./providers/tresor/directory-store.js";
-import { TresorProvider } from "./providers/tresor/tresor.js";
+import { SecretCaStore } from "./providers/tresor/secret-store.js";
+import { type CaStore, TresorProvider } from "./providers/tresor/tresor.js";
 import { SigningService } from "./signing-service.js";
+import { TokenAuthenticator } from "./token-review.js";
 
 export type ServerFlags = ParsedFlags<typeof SERVER_FLAGS>;
 
@@ -29,16 +33,51 @@ export class StartupError extends Error {
   readonly code = "ERR_OSM_CERT_STARTUP";
 }
 
-export async function openProvider(flags: ServerFlags, logger: Logger): Promise<CertificateProvider> {
+/**
+ * The Kubernetes API, when there is one: --kubeconfig, or the in-cluster credentials of a pod.
+ * Null outside Kubernetes (the embedded default with --ca-dir).
+ */
+export async function openKubeClient(flags: ServerFlags, logger: Logger): Promise<KubeClient | null> {
+  try {
+    if (flags.kubeconfig !== undefined) {
+      return new KubeClient({
+        config: await loadKubeconfig(flags.kubeconfig),
+        logger,
+        userAgent: "osm-cert-server",
+      });
+    }
+    if (process.env.KUBERNETES_SERVICE_HOST) {
+      return new KubeClient({ config: await inClusterConfig(), logger, userAgent: "osm-cert-server" });
+    }
+  } catch (error) {
+    throw new StartupError(`Kubernetes API: ${(error as Error).message}`);
+  }
+  return null;
+}
+
+function caStore(flags: ServerFlags, kube: KubeClient | null): CaStore {
+  if (flags["ca-dir"] !== undefined) return new DirectoryCaStore(flags["ca-dir"]);
+  if (kube !== null) {
+    return new SecretCaStore({
+      client: kube,
+      namespace: flags["osm-namespace"],
+      name: flags["ca-bundle-secret-name"],
+    });
+  }
+  throw new StartupError(
+    "tresor needs a place for its root: --ca-dir, or a Kubernetes API (--kubeconfig or in-cluster)",
+  );
+}
+
+export async function openProvider(
+  flags: ServerFlags,
+  logger: Logger,
+  kube: KubeClient | null = null,
+): Promise<CertificateProvider> {
   switch (flags["certificate-manager"]) {
     case "tresor": {
-      if (flags["ca-dir"] === undefined) {
-        throw new StartupError(
-          "tresor needs --ca-dir outside Kubernetes (in-cluster mode with the osm-ca-bundle Secret is not available yet)",
-        );
-      }
       return TresorProvider.open({
-        store: new DirectoryCaStore(flags["ca-dir"]),
+        store: caStore(flags, kube),
         root: {
           keyAlgorithm: flags["ca-key-algorithm"] as KeyAlgorithm,
           commonName: flags["ca-common-name"],
@@ -86,7 +125,8 @@ export interface RunningServer {
 
 export async function startServer(flags: ServerFlags, logger: Logger): Promise<RunningServer> {
   const metrics = new MetricsRegistry();
-  const provider = await openProvider(flags, logger);
+  const kube = await openKubeClient(flags, logger);
+  const provider = await openProvider(flags, logger, kube);
   const bundle = provider.trustBundle();
   const tls = new MutableCertificateProvider();
   tls.setCaCertificates(bundle.roots.join(""));
@@ -114,7 +154,16 @@ export async function startServer(flags: ServerFlags, logger: Logger): Promise<R
   });
   new SigningService({
     provider,
-    authenticator: new CallerAuthenticator(new ClientCertificateAuthenticator(flags["trust-domain"]), null),
+    authenticator: new CallerAuthenticator(
+      new ClientCertificateAuthenticator(flags["trust-domain"]),
+      kube === null
+        ? null
+        : new TokenAuthenticator({
+            reviewer: new KubeTokenReviewer(kube),
+            audience: flags["token-audience"],
+            logger,
+          }),
+    ),
     limits: {
       trustDomain: flags["trust-domain"],
       maxValidityMs: flags["service-cert-validity-duration"],
@@ -168,6 +217,7 @@ export async function startServer(flags: ServerFlags, logger: Logger): Promise<R
       });
       await admin.close();
       await provider.close();
+      await kube?.close();
     },
   };
 }

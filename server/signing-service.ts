@@ -150,7 +150,8 @@ export class SigningService {
             csrCommonName: csr.subjectCommonName,
             csrDns: csr.dnsNames,
             csrUris: csr.uris,
-            pod: caller.podUid,
+            pod: caller.podName,
+            podUid: caller.podUid,
           },
           decision.message,
         );

@@ -108,12 +108,11 @@ export async function runCli(args: readonly string[], env: NodeJS.ProcessEnv = {
   return { code, stderr: proc.stderr, lines: proc.lines };
 }
 
-/** Starts a server on free loopback ports and returns it with its gRPC address. */
-export async function startServerProcess(caDir: string, extra: readonly string[] = []) {
+/** Starts a server on free loopback ports (CA in `caDir`, or from `extra` flags when null). */
+export async function startServerProcess(caDir: string | null, extra: readonly string[] = []) {
   const server = startCli("server", [
     "server",
-    "--ca-dir",
-    caDir,
+    ...(caDir === null ? [] : ["--ca-dir", caDir]),
     "--listen",
     "127.0.0.1:0",
     "--admin-listen",

@@ -14,16 +14,25 @@ type Untyped = grpc.Client & Record<string, (...args: unknown[]) => unknown>;
 export class TestSigningClient {
   private readonly client: Untyped;
 
-  constructor(address: string, rootPem: string, clientCert?: KeyedCert) {
+  constructor(address: string, rootPem: string, clientCert?: KeyedCert, bearerToken?: string) {
     const Constructor = grpc.makeGenericClientConstructor(
       certificateServiceDefinition(),
       "CertificateService",
     );
-    const credentials = grpc.credentials.createSsl(
+    let credentials = grpc.credentials.createSsl(
       Buffer.from(rootPem),
       clientCert ? Buffer.from(clientCert.keyPem) : null,
       clientCert ? Buffer.from(clientCert.certPem) : null,
     );
+    if (bearerToken !== undefined) {
+      credentials = credentials.compose(
+        grpc.credentials.createFromMetadataGenerator((_params, callback) => {
+          const metadata = new grpc.Metadata();
+          metadata.set("authorization", `Bearer ${bearerToken}`);
+          callback(null, metadata);
+        }),
+      );
+    }
     this.client = new Constructor(address, credentials, {
       "grpc.max_send_message_length": 1 << 20,
     }) as Untyped;
