@@ -3,16 +3,15 @@
 // agent, a real mTLS handshake between the workloads with the served certs, and one rotation
 // arriving on an open SDS stream. Exits 0 with a report, or 1 with the reason.
 
-import { type ChildProcess, spawn } from "node:child_process";
 import { X509Certificate } from "node:crypto";
 import { once } from "node:events";
 import { mkdtemp, rm, stat } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { connect, createServer, type TLSSocket } from "node:tls";
-import { fileURLToPath } from "node:url";
 import { formatDuration } from "../common/duration.js";
 import { type FlagTable, parseFlags } from "../common/flags.js";
+import { type CliProcess, startCli } from "./child-process.js";
 import { type SdsSecret, SdsWatch } from "./sds-client.js";
 
 const DEMO_FLAGS = {
@@ -24,79 +23,10 @@ const DEMO_FLAGS = {
   "keep-dir": { kind: "boolean", help: "keep the temporary directory (CA, logs) for inspection" },
 } as const satisfies FlagTable;
 
-const CLI = fileURLToPath(new URL("./main.js", import.meta.url));
 const WORKLOADS = [
   { name: "bookbuyer", namespace: "bookbuyer", serviceAccount: "bookbuyer" },
   { name: "bookstore", namespace: "bookstore", serviceAccount: "bookstore-v2" },
 ] as const;
-
-interface JsonLine {
-  readonly event?: string;
-  readonly [key: string]: unknown;
-}
-
-class Child {
-  readonly lines: JsonLine[] = [];
-  stderr = "";
-  private readonly listeners = new Set<() => void>();
-  readonly exit: Promise<number | null>;
-  constructor(
-    readonly name: string,
-    readonly process: ChildProcess,
-  ) {
-    let buffer = "";
-    process.stdout?.setEncoding("utf8").on("data", (chunk: string) => {
-      buffer += chunk;
-      const parts = buffer.split("\n");
-      buffer = parts.pop() ?? "";
-      for (const part of parts) {
-        try {
-          this.lines.push(JSON.parse(part) as JsonLine);
-        } catch {
-          this.lines.push({ msg: part });
-        }
-      }
-      for (const listener of this.listeners) listener();
-    });
-    process.stderr?.setEncoding("utf8").on("data", (chunk: string) => {
-      this.stderr += chunk;
-    });
-    this.exit = once(process, "exit").then(([code]) => {
-      for (const listener of this.listeners) listener();
-      return code as number | null;
-    });
-  }
-  waitForEvent(event: string, timeoutMs: number): Promise<JsonLine> {
-    return new Promise((resolve, reject) => {
-      const timer = setTimeout(
-        () => done(new Error(`${this.name}: no "${event}" within ${timeoutMs} ms ${this.tail()}`)),
-        timeoutMs,
-      );
-      const check = () => {
-        const line = this.lines.find((l) => l.event === event);
-        if (line !== undefined) done(null, line);
-        else if (this.process.exitCode !== null)
-          done(new Error(`${this.name} exited with code ${this.process.exitCode} ${this.tail()}`));
-      };
-      const done = (error: Error | null, line?: JsonLine) => {
-        clearTimeout(timer);
-        this.listeners.delete(check);
-        if (error) reject(error);
-        else resolve(line as JsonLine);
-      };
-      this.listeners.add(check);
-      check();
-    });
-  }
-  private tail(): string {
-    const last = this.lines.slice(-2).map((l) => JSON.stringify(l));
-    return `(stderr: ${this.stderr.trim() || "-"}; last log: ${last.join(" ") || "-"})`;
-  }
-}
-
-function run(name: string, args: readonly string[]): Child {
-  return new Child(name, spawn(process.execPath, [CLI, ...args], { stdio: ["ignore", "pipe", "pipe"] }));
-}
 
 function spiffeOf(cert: X509Certificate): string {
   return /URI:(spiffe:\/\/[^,\s]+)/.exec(cert.subjectAltName ?? "")?.[1] ?? "(none)";
@@ -164,7 +94,7 @@ async function mtlsHandshake(
 export async function demoCommand(argv: readonly string[]): Promise<void> {
   const flags = parseFlags("demo", DEMO_FLAGS, argv);
   const dir = await mkdtemp(join(tmpdir(), "osm-cert-demo-"));
-  const children: Child[] = [];
+  const children: CliProcess[] = [];
   const watches: SdsWatch[] = [];
   const report: string[] = [];
   const started = Date.now();
@@ -175,7 +105,7 @@ export async function demoCommand(argv: readonly string[]): Promise<void> {
   try {
     say(`osm-cert demo (working directory ${dir})`);
     const caDir = join(dir, "ca");
-    const server = run("server", [
+    const server = startCli("server", [
       "server",
       "--ca-dir",
       caDir,
@@ -191,7 +121,7 @@ export async function demoCommand(argv: readonly string[]): Promise<void> {
     const agents = [];
     for (const w of WORKLOADS) {
       const out = join(dir, `${w.name}-bootstrap`);
-      const issue = run(`issue ${w.name}`, [
+      const issue = startCli(`issue ${w.name}`, [
         "issue",
         "bootstrap",
         "--namespace",
@@ -203,10 +133,10 @@ export async function demoCommand(argv: readonly string[]): Promise<void> {
         "--out",
         out,
       ]);
-      if ((await issue.exit) !== 0)
+      if ((await issue.exited).code !== 0)
         throw new Error(`issue bootstrap for ${w.name} failed: ${issue.stderr.trim()}`);
       const socket = join(dir, `${w.name}.sock`);
-      const agent = run(`agent ${w.name}`, [
+      const agent = startCli(`agent ${w.name}`, [
         "agent",
         "--server",
         String(serverUp.address),
@@ -278,8 +208,7 @@ export async function demoCommand(argv: readonly string[]): Promise<void> {
     for (const watch of watches) watch.close();
     watches.length = 0;
     for (const child of children.reverse()) {
-      child.process.kill("SIGTERM");
-      const code = await child.exit;
+      const { code } = await child.stop("SIGTERM");
       if (code !== 0)
         throw new Error(`${child.name} exited with code ${code} on SIGTERM: ${child.stderr.trim()}`);
     }
@@ -296,7 +225,7 @@ export async function demoCommand(argv: readonly string[]): Promise<void> {
     );
   } finally {
     for (const watch of watches) watch.close();
-    for (const child of children) child.process.kill("SIGKILL");
+    for (const child of children) child.child.kill("SIGKILL");
     if (!flags["keep-dir"]) await rm(dir, { recursive: true, force: true });
   }
 }
