@@ -8,7 +8,7 @@
 import { writeFile } from "node:fs/promises";
 import { createServer, type IncomingMessage } from "node:http";
 import type { AddressInfo } from "node:net";
-import { FakeKubeApiServer, type FaultMatch } from "./kube-apiserver.js";
+import { type DenyRule, FakeKubeApiServer, type FaultMatch } from "./kube-apiserver.js";
 
 const [kubeconfigPath, ...namespaces] = process.argv.slice(2);
 if (kubeconfigPath === undefined) {
@@ -66,6 +66,9 @@ const control = createServer((req, res) => {
           status: Number(input.status ?? 503),
           match: (input.match as FaultMatch | undefined) ?? {},
         });
+        return reply(200, {});
+      case "POST /deny":
+        fake.deny(input as unknown as DenyRule);
         return reply(200, {});
       case "POST /clear":
         fake.clearFaults();

@@ -13,7 +13,7 @@ import { encodePem } from "../../common/pem.js";
 import { createCsr } from "../../common/x509/csr.js";
 import { connectSds, decodeSecrets, SdsStream } from "../helpers/envoy-sds-client.js";
 import { tempDir } from "../helpers/pki.js";
-import { CliProcess, startCli, startServerProcess } from "../helpers/processes.js";
+import { CliProcess, runCli, startCli, startServerProcess } from "../helpers/processes.js";
 import { statusOf, TestSigningClient } from "../helpers/signing-client.js";
 
 const FAKE = fileURLToPath(new URL("../fakes/kube-apiserver-process.js", import.meta.url));
@@ -187,6 +187,45 @@ describe("Kubernetes mode: fake API server, server replicas, token-authenticated
       );
     } finally {
       await agent.stop();
+    }
+  });
+});
+
+describe("Kubernetes mode: start-up refusals", () => {
+  test("RBAC forbids creating the CA Secret: start-up fails with one line naming the verb and resource", async () => {
+    const dir = await tempDir();
+    const kubeconfig = join(dir.path, "kubeconfig.json");
+    const fake = new CliProcess(
+      spawn(process.execPath, [FAKE, kubeconfig], { stdio: ["ignore", "pipe", "pipe"] }),
+      "fake-apiserver",
+    );
+    try {
+      const control = (await fake.waitForEvent("fake.started")).control as string;
+      await fetch(`${control}/deny`, {
+        method: "POST",
+        body: JSON.stringify({ verb: "create", resource: "secrets" }),
+      });
+      const result = await runCli([
+        "server",
+        "--kubeconfig",
+        kubeconfig,
+        "--listen",
+        "127.0.0.1:0",
+        "--admin-listen",
+        "127.0.0.1:0",
+      ]);
+      assert.equal(result.code, 1);
+      const lines = result.stderr.trim().split("\n");
+      assert.equal(lines.length, 1, result.stderr);
+      assert.match(lines[0] as string, /create/);
+      assert.match(lines[0] as string, /secrets/);
+      const secrets = (await (
+        await fetch(`${control}/objects?resource=secrets&namespace=osm-system`)
+      ).json()) as unknown[];
+      assert.equal(secrets.length, 0);
+    } finally {
+      await fake.stop();
+      await dir.remove();
     }
   });
 });
