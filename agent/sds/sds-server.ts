@@ -286,6 +286,29 @@ export class SdsServer {
     this.logger.debug({ event: "sds.stream_closed", stream: stream.id }, "SDS stream closed");
   }
 
+  /** Starts tracking a new stream until any of the events that report its end. */
+  private track<S extends SotwStream | DeltaStream, Req>(
+    streams: Set<S>,
+    stream: S,
+    rpc: "StreamSecrets" | "DeltaSecrets",
+    onRequest: (request: Req) => void,
+  ): void {
+    const { call } = stream;
+    if (this.closing) {
+      call.end();
+      return;
+    }
+    streams.add(stream);
+    this.streamsGauge.inc();
+    this.logger.debug({ event: "sds.stream_opened", stream: stream.id, rpc }, "SDS stream opened");
+    const closed = () => this.forget(streams, stream);
+    call.on("data", onRequest);
+    call.on("end", () => call.end()); // Envoy half-closed: finish with OK.
+    call.on("cancelled", closed);
+    call.on("finish", closed);
+    call.on("close", closed);
+  }
+
   /** Ends a stream with INVALID_ARGUMENT; nothing more is read from or pushed to it. */
   private reject<S extends SotwStream | DeltaStream>(streams: Set<S>, stream: S, message: string): void {
     this.forget(streams, stream);
@@ -307,22 +330,9 @@ export class SdsServer {
       responsePending: false,
       warned: new Set(),
     };
-    if (this.closing) {
-      call.end();
-      return;
-    }
-    this.sotwStreams.add(stream);
-    this.streamsGauge.inc();
-    this.logger.debug(
-      { event: "sds.stream_opened", stream: stream.id, rpc: "StreamSecrets" },
-      "SDS stream opened",
+    this.track(this.sotwStreams, stream, "StreamSecrets", (request: DiscoveryRequest) =>
+      this.onRequest(stream, request),
     );
-    const closed = () => this.forget(this.sotwStreams, stream);
-    call.on("data", (request: DiscoveryRequest) => this.onRequest(stream, request));
-    call.on("end", () => call.end()); // Envoy half-closed: finish with OK.
-    call.on("cancelled", closed);
-    call.on("finish", closed);
-    call.on("close", closed);
   }
 
   private onRequest(stream: SotwStream, request: DiscoveryRequest): void {
@@ -411,22 +421,9 @@ export class SdsServer {
       lastNonce: "",
       warned: new Set(),
     };
-    if (this.closing) {
-      call.end();
-      return;
-    }
-    this.deltaStreams.add(stream);
-    this.streamsGauge.inc();
-    this.logger.debug(
-      { event: "sds.stream_opened", stream: stream.id, rpc: "DeltaSecrets" },
-      "SDS stream opened",
+    this.track(this.deltaStreams, stream, "DeltaSecrets", (request: DeltaDiscoveryRequest) =>
+      this.onDeltaRequest(stream, request),
     );
-    const closed = () => this.forget(this.deltaStreams, stream);
-    call.on("data", (request: DeltaDiscoveryRequest) => this.onDeltaRequest(stream, request));
-    call.on("end", () => call.end());
-    call.on("cancelled", closed);
-    call.on("finish", closed);
-    call.on("close", closed);
   }
 
   private onDeltaRequest(stream: DeltaStream, request: DeltaDiscoveryRequest): void {
