@@ -45,6 +45,26 @@ export const SERVER_FLAGS = {
     default: "osm-system",
     env: "OSM_NAMESPACE",
   },
+  "trust-bundle-configmap-name": {
+    kind: "string",
+    help: "ConfigMap (key ca.crt) the leader keeps in every selected namespace; empty turns distribution off",
+    default: "osm-ca-root-cert",
+  },
+  "namespace-selector": {
+    kind: "string",
+    help: "label selector of the namespaces that receive the trust-bundle ConfigMap",
+    default: "openservicemesh.io/monitored-by",
+  },
+  "leader-election-lease": {
+    kind: "string",
+    help: "coordination.k8s.io Lease that elects the one replica writing ConfigMaps",
+    default: "osm-cert-leader",
+  },
+  "leader-lease-duration": {
+    kind: "duration",
+    help: "how long a silent leader keeps the Lease (Go duration, whole seconds)",
+    default: "15s",
+  },
   "token-audience": {
     kind: "string",
     help: "audience agents' ServiceAccount tokens must carry",

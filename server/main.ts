@@ -15,7 +15,9 @@ import { createCsr, parseCsrDer } from "../common/x509/csr.js";
 import { CallerAuthenticator, ClientCertificateAuthenticator } from "./authn.js";
 import { SERVER_FLAGS } from "./flags.js";
 import { inClusterConfig, KubeClient, loadKubeconfig } from "./kubernetes/client.js";
+import { LeaderElector } from "./kubernetes/leader-election.js";
 import { KubeTokenReviewer } from "./kubernetes/token-reviewer.js";
+import { TrustBundleDistributor } from "./kubernetes/trust-bundle-distributor.js";
 import type { CertificateProvider } from "./providers/provider.js";
 import { DirectoryCaStore } from "./providers/tresor/directory-store.js";
 import { SecretCaStore } from "./providers/tresor/secret-store.js";
@@ -117,6 +119,49 @@ export async function issueServingCertificate(provider: CertificateProvider, san
   return { chainPem: issued.chainPem.join(""), keyPem: privateKeyToPem(privateKey) };
 }
 
+/**
+ * In Kubernetes mode, one replica at a time (elected through a Lease) keeps the trust-bundle
+ * ConfigMap in every selected namespace; the others only sign. Returns the function that stops it.
+ */
+function startTrustBundleDistribution(
+  flags: ServerFlags,
+  kube: KubeClient | null,
+  provider: CertificateProvider,
+  logger: Logger,
+  metrics: MetricsRegistry,
+): () => Promise<void> {
+  if (kube === null || flags["trust-bundle-configmap-name"] === "") return async () => {};
+  const distributor = new TrustBundleDistributor({
+    client: kube,
+    provider,
+    namespaceSelector: flags["namespace-selector"],
+    configMapName: flags["trust-bundle-configmap-name"],
+    logger,
+    metrics,
+  });
+  const leaseSeconds = Math.max(1, Math.round(flags["leader-lease-duration"] / 1000));
+  const elector = new LeaderElector({
+    client: kube,
+    namespace: flags["osm-namespace"],
+    name: flags["leader-election-lease"],
+    logger,
+    metrics,
+    leaseDurationSeconds: leaseSeconds,
+    // client-go's proportions: renew deadline 2/3 and retry period 2/15 of the lease duration.
+    renewDeadlineMs: Math.round((leaseSeconds * 1000 * 2) / 3),
+    retryPeriodMs: Math.max(200, Math.round((leaseSeconds * 1000 * 2) / 15)),
+    onStartedLeading: (signal) => distributor.run(signal),
+  });
+  const stop = new AbortController();
+  const running = elector.run(stop.signal).catch((error: unknown) => {
+    logger.error({ event: "leader_election.failed", error: String(error) }, "leader election stopped");
+  });
+  return async () => {
+    stop.abort();
+    await running;
+  };
+}
+
 export interface RunningServer {
   readonly address: string;
   readonly adminAddress: string;
@@ -179,6 +224,7 @@ export async function startServer(flags: ServerFlags, logger: Logger): Promise<R
   const port = await new Promise<number>((resolve, reject) =>
     server.bindAsync(flags.listen, credentials, (error, bound) => (error ? reject(error) : resolve(bound))),
   );
+  const stopLeading = startTrustBundleDistribution(flags, kube, provider, logger, metrics);
   const listen = parseHostPort(flags.listen);
   const address = `${listen.host}:${port}`;
 
@@ -205,6 +251,7 @@ export async function startServer(flags: ServerFlags, logger: Logger): Promise<R
     adminAddress,
     async close() {
       ready = false;
+      await stopLeading();
       await new Promise<void>((resolve) => {
         const force = setTimeout(() => {
           server.forceShutdown();

@@ -67,6 +67,11 @@ const control = createServer((req, res) => {
           match: (input.match as FaultMatch | undefined) ?? {},
         });
         return reply(200, {});
+      case "POST /seed":
+        return reply(
+          200,
+          fake.seed(String(input.resource), input.object as Parameters<FakeKubeApiServer["seed"]>[1]),
+        );
       case "POST /deny":
         fake.deny(input as unknown as DenyRule);
         return reply(200, {});

@@ -229,3 +229,93 @@ describe("Kubernetes mode: start-up refusals", () => {
     }
   });
 });
+
+describe("Kubernetes mode: trust-bundle ConfigMaps written by the elected replica", () => {
+  test("the leader fills selected namespaces; when it dies, another takes the Lease after expiry and keeps them right", async () => {
+    const dir = await tempDir();
+    const kubeconfig = join(dir.path, "kubeconfig.json");
+    const fake = new CliProcess(
+      spawn(process.execPath, [FAKE, kubeconfig], { stdio: ["ignore", "pipe", "pipe"] }),
+      "fake-apiserver",
+    );
+    const replicas: CliProcess[] = [];
+    try {
+      const control = (await fake.waitForEvent("fake.started")).control as string;
+      const call = async (method: string, path: string, body?: unknown) =>
+        (
+          await fetch(`${control}${path}`, {
+            method,
+            ...(body === undefined ? {} : { body: JSON.stringify(body) }),
+          })
+        ).json();
+      const namespace = (name: string, meshed: boolean) =>
+        call("POST", "/seed", {
+          resource: "namespaces",
+          object: {
+            metadata: { name, ...(meshed ? { labels: { "openservicemesh.io/monitored-by": "osm" } } : {}) },
+          },
+        });
+      const configMaps = async () =>
+        (
+          (await call("GET", "/objects?resource=configmaps")) as {
+            metadata: { name: string; namespace: string };
+            data: Record<string, string>;
+          }[]
+        ).filter((c) => c.metadata.name === "osm-ca-root-cert");
+      const until = async (what: string, check: () => Promise<boolean>, timeoutMs = 20_000) => {
+        const deadline = Date.now() + timeoutMs;
+        while (!(await check())) {
+          if (Date.now() > deadline) throw new Error(`timed out waiting until ${what}`);
+          await new Promise((r) => setTimeout(r, 100));
+        }
+      };
+      await namespace("bookstore", true);
+      await namespace("unmeshed", false);
+      for (let i = 0; i < 2; i++) {
+        const started = await startServerProcess(null, [
+          "--kubeconfig",
+          kubeconfig,
+          "--leader-lease-duration",
+          "2s",
+        ]);
+        replicas.push(started.server);
+      }
+      await until("the bookstore ConfigMap exists", async () =>
+        (await configMaps()).some((c) => c.metadata.namespace === "bookstore"),
+      );
+      const secret = (
+        (await call("GET", "/objects?resource=secrets&namespace=osm-system")) as {
+          data: Record<string, string>;
+        }[]
+      )[0];
+      const root = Buffer.from(secret?.data["ca.crt"] as string, "base64").toString("utf8");
+      const first = await configMaps();
+      assert.deepEqual(
+        first.map((c) => c.metadata.namespace),
+        ["bookstore"],
+        "nothing in unselected namespaces",
+      );
+      assert.equal(first[0]?.data["ca.crt"], root);
+
+      const leaders = replicas.filter((r) => r.lines.some((l) => l.event === "leader.acquired"));
+      assert.equal(leaders.length, 1, "exactly one leader");
+      const leader = leaders[0] as CliProcess;
+      const follower = replicas.find((r) => r !== leader) as CliProcess;
+      await leader.stop("SIGKILL"); // dies without releasing the Lease
+      const killedAt = Date.now();
+      await namespace("bookbuyer", true);
+      await follower.waitForEvent("leader.acquired", 20_000);
+      assert.ok(Date.now() - killedAt >= 1_000, "the follower waited for the Lease to expire");
+      await until("the new leader fills the new namespace", async () =>
+        (await configMaps()).some((c) => c.metadata.namespace === "bookbuyer"),
+      );
+      const after = await configMaps();
+      assert.deepEqual(after.map((c) => c.metadata.namespace).sort(), ["bookbuyer", "bookstore"]);
+      assert.ok(after.every((c) => c.data["ca.crt"] === root));
+    } finally {
+      await Promise.all(replicas.map((r) => r.stop()));
+      await fake.stop();
+      await dir.remove();
+    }
+  });
+});
