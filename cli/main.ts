@@ -13,7 +13,8 @@ const COMMANDS: Readonly<
   },
   agent: {
     summary: "run the per-pod agent (SDS for Envoy)",
-    run: async (argv) => (await import("../agent/main.js")).agentCommand(argv),
+    // One bundled file built from agent/main.ts, with V8's code cache (cli/agent-bundle.ts).
+    run: async (argv) => (await import("./agent-bundle.js")).loadAgentBundle().agent.agentCommand(argv),
   },
   issue: {
     summary: "issue an xDS bootstrap or webhook certificate",
