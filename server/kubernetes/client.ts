@@ -6,6 +6,7 @@ import { readFile } from "node:fs/promises";
 import { dirname, resolve } from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
 import { Agent, type Dispatcher } from "undici";
+import { parse as parseYaml } from "yaml";
 import type { Logger } from "../../common/logger.js";
 
 // ---------------------------------------------------------------------------------------------
@@ -383,15 +384,10 @@ export async function loadKubeconfig(path: string, options: KubeconfigOptions = 
   const text = await readText(path, "kubeconfig");
   let doc: unknown;
   try {
-    doc = JSON.parse(text);
+    // kubectl writes YAML; YAML 1.2 is a superset of JSON, so both forms parse here.
+    doc = parseYaml(text, { schema: "core", maxAliasCount: 100 });
   } catch (error) {
-    if (!text.trimStart().startsWith("{")) {
-      throw new KubeConfigError(
-        `kubeconfig ${path} is YAML; osm-cert reads the JSON form only for now ` +
-          "(convert it with: kubectl config view --raw --flatten -o json > kubeconfig.json)",
-      );
-    }
-    throw new KubeConfigError(`kubeconfig ${path} is not valid JSON: ${errorText(error)}`);
+    throw new KubeConfigError(`kubeconfig ${path} is neither valid YAML nor JSON: ${errorText(error)}`);
   }
   const base = dirname(resolve(path));
   const where = `kubeconfig ${path}`;

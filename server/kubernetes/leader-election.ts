@@ -22,6 +22,7 @@ import {
   type Lease,
   type Verb,
 } from "./client.js";
+import { ForbiddenLog } from "./forbidden-log.js";
 
 export const DEFAULT_LEADER_LEASE_NAME = "osm-cert-leader";
 export const DEFAULT_LEASE_DURATION_SECONDS = 15;
@@ -122,7 +123,7 @@ export class LeaderElector {
   private observedDurationMs = 0;
   private observedHolder = "";
   private lastError = "";
-  private readonly forbidden = new Set<Verb>();
+  private readonly forbidden: ForbiddenLog;
 
   constructor(options: LeaderElectorOptions) {
     this.client = options.client;
@@ -153,6 +154,11 @@ export class LeaderElector {
     }
     if (this.identity === "") throw new TypeError("the leader-election identity must not be empty");
     this.logger = options.logger.child({ lease: `${this.namespace}/${this.name}`, identity: this.identity });
+    this.forbidden = new ForbiddenLog(
+      this.logger,
+      "leader.forbidden",
+      `leader election keeps retrying every ${this.retryPeriodMs} ms`,
+    );
     this.gauge = options.metrics.gauge(
       "osm_cert_server_leader",
       "1 while this replica holds the leader Lease (and does the cluster-wide writes), else 0.",
@@ -499,20 +505,14 @@ export class LeaderElector {
   }
 
   private succeeded(verb: Verb): void {
-    this.forbidden.delete(verb);
+    this.forbidden.succeeded(verb, LEASES.plural);
     this.lastError = "";
   }
 
   /** One line per kind of failure, not one per retry; RBAC denials once per verb until granted. */
   private reportError(error: unknown, phase: "acquire" | "renew"): void {
     if (isForbidden(error)) {
-      const { verb, resource } = error.request;
-      if (this.forbidden.has(verb)) return;
-      this.forbidden.add(verb);
-      this.logger.error(
-        { event: "leader.forbidden", verb, resource },
-        `${error.message}; leader election keeps retrying every ${this.retryPeriodMs} ms`,
-      );
+      this.forbidden.report(error);
       return;
     }
     const text = errorText(error);

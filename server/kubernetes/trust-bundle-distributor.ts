@@ -28,6 +28,7 @@ import {
   type ResourceType,
   type Verb,
 } from "./client.js";
+import { ForbiddenLog } from "./forbidden-log.js";
 
 export const DEFAULT_TRUST_BUNDLE_CONFIGMAP_NAME = "osm-ca-root-cert";
 /** OSM labels each meshed namespace `openservicemesh.io/monitored-by=<mesh name>`. */
@@ -93,7 +94,11 @@ export class TrustBundleDistributor {
     this.retryBaseMs = options.retryBaseMs ?? 500;
     this.retryCapMs = options.retryCapMs ?? 60_000;
     this.watchTimeoutSeconds = options.watchTimeoutSeconds;
-    this.forbidden = new ForbiddenLog(this.logger);
+    this.forbidden = new ForbiddenLog(
+      this.logger,
+      "trust_bundle.forbidden",
+      "trust-bundle distribution keeps retrying with backoff",
+    );
     this.configMapsGauge = options.metrics.gauge(
       "osm_cert_server_trust_bundle_configmaps",
       "Selected namespaces whose trust-bundle ConfigMap holds the current bundle (0 on replicas that do not lead).",
@@ -590,26 +595,6 @@ class WorkQueue {
  * RBAC denials are configuration errors an operator must fix: one clear line per verb and resource
  * (the API error names both, and what to grant), not one per namespace and retry, until it works.
  */
-class ForbiddenLog {
-  private readonly logged = new Set<string>();
-  constructor(private readonly logger: Logger) {}
-
-  report(error: KubeApiError): void {
-    const { verb, resource, namespace } = error.request;
-    const key = `${verb} ${resource}`;
-    if (this.logged.has(key)) return;
-    this.logged.add(key);
-    this.logger.error(
-      { event: "trust_bundle.forbidden", verb, resource, ...(namespace ? { namespace } : {}) },
-      `${error.message}; trust-bundle distribution keeps retrying with backoff`,
-    );
-  }
-
-  succeeded(verb: Verb, resource: string): void {
-    this.logged.delete(`${verb} ${resource}`);
-  }
-}
-
 function isActive(namespace: Namespace): boolean {
   return namespace.metadata?.deletionTimestamp === undefined && namespace.status?.phase !== "Terminating";
 }

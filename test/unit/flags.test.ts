@@ -67,3 +67,19 @@ test("--help lists every flag with its environment variable", () => {
     assert.match(error.message, /env OSM_CERT_SERVICE_CERT_VALIDITY_DURATION/);
   }
 });
+
+test("--namespace-selector is checked at start-up", async () => {
+  const { checkLabelSelector } = await import("../../server/flags.js");
+  for (const good of [
+    "",
+    "openservicemesh.io/monitored-by",
+    "openservicemesh.io/monitored-by=osm",
+    "a!=b,!c",
+    "env in (prod, staging),tier notin (x)",
+  ]) {
+    assert.doesNotThrow(() => checkLabelSelector(good), good);
+  }
+  for (const bad of ["a=b=c", "in (x)", "bad key", "a in x", "-a"]) {
+    assert.throws(() => checkLabelSelector(bad), /is not a label selector term/, bad);
+  }
+});

@@ -586,7 +586,7 @@ test("in-cluster config re-reads a rotated token: periodically, and at once afte
   }
 });
 
-test("kubeconfig (JSON): CA data with a token, or client certificate files; YAML is refused with a hint", async () => {
+test("kubeconfig: YAML as kubectl writes it and JSON; CA data with a token, or client certificate files", async () => {
   const fake = await FakeKubeApiServer.start({ namespaces: [NS] });
   const dir = await tempDir();
   try {
@@ -636,13 +636,39 @@ test("kubeconfig (JSON): CA data with a token, or client certificate files; YAML
       ["system:serviceaccount:osm-system:osm-cert", "kubernetes-admin"],
     );
 
-    const yaml = join(dir.path, "config");
-    await writeFile(yaml, "apiVersion: v1\nkind: Config\nclusters: []\n");
+    // The YAML kubectl writes: same content, block style.
+    const yamlPath = join(dir.path, "config");
+    await writeFile(
+      yamlPath,
+      [
+        "apiVersion: v1",
+        "kind: Config",
+        "current-context: token",
+        "clusters:",
+        "- name: fake",
+        "  cluster:",
+        `    server: ${fake.url}`,
+        `    certificate-authority-data: ${Buffer.from(fake.caPem).toString("base64")}`,
+        "users:",
+        "- name: sa",
+        "  user:",
+        `    token: ${token}`,
+        "contexts:",
+        "- name: token",
+        "  context:",
+        "    cluster: fake",
+        "    user: sa",
+        `    namespace: ${NS}`,
+        "",
+      ].join("\n"),
+    );
+    const viaYaml = await loadKubeconfig(yamlPath);
+    assert.equal(viaYaml.server, fake.url);
+    assert.equal(viaYaml.namespace, NS);
+    await writeFile(yamlPath, "clusters: [unclosed\n");
     await assert.rejects(
-      loadKubeconfig(yaml),
-      (e: unknown) =>
-        e instanceof KubeConfigError &&
-        /is YAML.*kubectl config view --raw --flatten -o json/.test(e.message),
+      loadKubeconfig(yamlPath),
+      (e: unknown) => e instanceof KubeConfigError && /neither valid YAML nor JSON/.test(e.message),
     );
     await writeFile(path, JSON.stringify({ ...kubeconfig, "current-context": "nope" }));
     await assert.rejects(loadKubeconfig(path), /no context named "nope"/);
