@@ -7,9 +7,9 @@
 // conversion options, but skip the descriptor protos proto-loader generates for every message type,
 // which grpc-js never reads and which cost most of the load time.
 
-import { readFileSync } from "node:fs";
 import type * as grpc from "@grpc/grpc-js";
-import protobuf from "protobufjs/light.js";
+import type protobuf from "protobufjs/light.js";
+import { loadReflectionRoot, serviceDefinition } from "./service-definition.js";
 
 export const SECRET_TYPE_URL = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret";
 export const SDS_SERVICE_NAME = "envoy.service.secret.v3.SecretDiscoveryService";
@@ -93,9 +93,6 @@ export interface Secret {
 
 // ---- Loading, once. ----
 
-// The same conversion proto-loader would apply with these options.
-const TO_OBJECT: protobuf.IConversionOptions = { longs: String, enums: String, defaults: true, oneofs: true };
-
 interface Loaded {
   readonly service: grpc.ServiceDefinition;
   readonly secret: protobuf.Type;
@@ -106,26 +103,8 @@ let loaded: Loaded | undefined;
 
 function load(): Loaded {
   if (loaded !== undefined) return loaded;
-  const json = JSON.parse(
-    readFileSync(new URL("./envoy-sds.json", import.meta.url), "utf8"),
-  ) as protobuf.INamespace;
-  const root = protobuf.Root.fromJSON(json);
-  root.resolveAll();
-  const service: Record<string, grpc.MethodDefinition<object, object>> = {};
-  for (const method of root.lookupService(SDS_SERVICE_NAME).methodsArray) {
-    const request = method.resolvedRequestType as protobuf.Type;
-    const response = method.resolvedResponseType as protobuf.Type;
-    service[method.name] = {
-      path: `/${SDS_SERVICE_NAME}/${method.name}`,
-      requestStream: method.requestStream === true,
-      responseStream: method.responseStream === true,
-      requestSerialize: serializer(request),
-      requestDeserialize: deserializer(request),
-      responseSerialize: serializer(response),
-      responseDeserialize: deserializer(response),
-      originalName: method.name.charAt(0).toLowerCase() + method.name.slice(1),
-    };
-  }
+  const root = loadReflectionRoot(new URL("./envoy-sds.json", import.meta.url));
+  const service = serviceDefinition(root, SDS_SERVICE_NAME, serializer);
   loaded = {
     service,
     secret: root.lookupType("envoy.extensions.transport_sockets.tls.v3.Secret"),
@@ -152,10 +131,6 @@ function serializer(type: protobuf.Type): (value: object) => Buffer {
 function encode(type: protobuf.Type, value: object): Buffer {
   const bytes = type.encode(type.fromObject(value)).finish();
   return Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength);
-}
-
-function deserializer(type: protobuf.Type): (bytes: Buffer) => object {
-  return (bytes) => type.toObject(type.decode(bytes), TO_OBJECT);
 }
 
 /** The SecretDiscoveryService definition, for `server.addService` or a client constructor. */

@@ -6,10 +6,10 @@
 // same conversion options: keepCase, longs String, enums String, defaults, oneofs), without the
 // descriptor protos grpc-js never reads; test/unit/signing-proto.test.ts proves the two agree.
 
-import { readFileSync } from "node:fs";
 import { fileURLToPath } from "node:url";
 import type * as grpc from "@grpc/grpc-js";
-import protobuf from "protobufjs/light.js";
+import type protobuf from "protobufjs/light.js";
+import { loadReflectionRoot, serviceDefinition } from "./service-definition.js";
 
 export const SIGNING_PROTO_ROOT = fileURLToPath(new URL("../../proto", import.meta.url));
 
@@ -43,34 +43,13 @@ export type WatchTrustBundleRequest = Record<string, never>;
 
 const SERVICE_NAME = "osm.cert.v1.CertificateService";
 
-// proto-loader's conversion options (keepCase is a parse-time option: the JSON keeps the .proto's names).
-const TO_OBJECT: protobuf.IConversionOptions = { longs: String, enums: String, defaults: true, oneofs: true };
-
 let cached: grpc.ServiceDefinition | undefined;
 
 /** The CertificateService definition, built once per process from the precompiled JSON. */
 export function certificateServiceDefinition(): grpc.ServiceDefinition {
   if (cached === undefined) {
-    const json = JSON.parse(
-      readFileSync(new URL("./signing-api.json", import.meta.url), "utf8"),
-    ) as protobuf.INamespace;
-    const root = protobuf.Root.fromJSON(json);
-    root.resolveAll();
-    const service: Record<string, grpc.MethodDefinition<object, object>> = {};
-    for (const method of root.lookupService(SERVICE_NAME).methodsArray) {
-      const request = method.resolvedRequestType as protobuf.Type;
-      const response = method.resolvedResponseType as protobuf.Type;
-      service[method.name] = {
-        path: `/${SERVICE_NAME}/${method.name}`,
-        requestStream: method.requestStream === true,
-        responseStream: method.responseStream === true,
-        requestSerialize: serializer(request),
-        requestDeserialize: deserializer(request),
-        responseSerialize: serializer(response),
-        responseDeserialize: deserializer(response),
-        originalName: method.name.charAt(0).toLowerCase() + method.name.slice(1),
-      };
-    }
+    const root = loadReflectionRoot(new URL("./signing-api.json", import.meta.url));
+    const service = serviceDefinition(root, SERVICE_NAME, serializer);
     cached = service;
   }
   return cached;
@@ -85,10 +64,6 @@ function serializer(type: protobuf.Type): (value: object) => Buffer {
     const bytes = type.encode(type.fromObject(value)).finish();
     return Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength);
   };
-}
-
-function deserializer(type: protobuf.Type): (bytes: Buffer) => object {
-  return (bytes) => type.toObject(type.decode(bytes), TO_OBJECT);
 }
 
 export function durationToMs(d: ProtoDuration | null): number {
