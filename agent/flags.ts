@@ -67,6 +67,11 @@ export const AGENT_FLAGS = {
     default: "127.0.0.1:15020",
     validate: (v) => void parseHostPort(v),
   },
+  "liveness-stall-threshold": {
+    kind: "duration",
+    help: "/healthz fails for a minute after the event loop stalled this long (a hung agent gets restarted)",
+    default: "10s",
+  },
   "trust-domain": {
     kind: "string",
     help: "SPIFFE trust domain",

@@ -2,15 +2,15 @@
 // server needs (DESIGN.md §12: the agent's footprint is a product feature).
 
 import { createHash, createPrivateKey, X509Certificate } from "node:crypto";
-import { readFile } from "node:fs/promises";
 import { AdminServer, parseHostPort } from "../common/admin-http.js";
-import { FlagError, type ParsedFlags, parseFlags } from "../common/flags.js";
+import { FlagError, type ParsedFlags, parseFlags, readFlagFile } from "../common/flags.js";
 import {
   identityName,
   makeIdentity,
   parseBootstrapCommonName,
   type ServiceIdentity,
   sameIdentity,
+  signingServerSpiffeId,
   spiffeId,
 } from "../common/identity.js";
 import type { KeyAlgorithm } from "../common/keys.js";
@@ -18,13 +18,16 @@ import { waitForSignal } from "../common/lifecycle.js";
 import { createLogger, type Logger } from "../common/logger.js";
 import { MetricsRegistry } from "../common/metrics.js";
 import { decodeCertificates } from "../common/pem.js";
+import { quote } from "../common/quote.js";
 import { MutableCertificateProvider } from "../common/tls-material.js";
+import { readCertificateNames } from "../common/x509/certificate-names.js";
 import { AGENT_FLAGS } from "./flags.js";
 import { ProjectedToken } from "./projected-token.js";
 import { Rotator } from "./rotator.js";
 import { SdsServer } from "./sds/sds-server.js";
 import { SecretCache } from "./secret-cache.js";
 import { SignerClient } from "./signer-client.js";
+import { AgentTrust, checkTrustBundle } from "./trust.js";
 import { TrustBundleFollower } from "./trust-bundle-follower.js";
 
 export type AgentFlags = ParsedFlags<typeof AGENT_FLAGS>;
@@ -52,24 +55,22 @@ async function readBootstrap(flags: AgentFlags, identity: ServiceIdentity) {
     throw new FlagError("agent: give --token-file, or both --bootstrap-cert and --bootstrap-key");
   }
   const [certPem, keyPem] = await Promise.all([
-    readFile(flags["bootstrap-cert"], "utf8"),
-    readFile(flags["bootstrap-key"], "utf8"),
+    readFlagFile("bootstrap-cert", flags["bootstrap-cert"]),
+    readFlagFile("bootstrap-key", flags["bootstrap-key"]),
   ]);
-  let cert: X509Certificate;
+  let cn: string | null;
   try {
-    cert = new X509Certificate(certPem);
+    const cert = new X509Certificate(certPem);
     if (!cert.checkPrivateKey(createPrivateKey(keyPem)))
       throw new Error("the key does not match the certificate");
+    cn = readCertificateNames(cert.raw).subjectCommonName;
   } catch (error) {
-    throw new AgentStartupError(
-      `bootstrap certificate ${flags["bootstrap-cert"]}: ${(error as Error).message}`,
-    );
+    throw new AgentStartupError(`--bootstrap-cert ${flags["bootstrap-cert"]}: ${(error as Error).message}`);
   }
-  const cn = /^CN=(.*)$/m.exec(cert.subject)?.[1] ?? "";
-  const parsed = parseBootstrapCommonName(cn);
+  const parsed = cn === null ? null : parseBootstrapCommonName(cn);
   if (parsed === null || !sameIdentity(parsed.identity, identity)) {
     throw new AgentStartupError(
-      `bootstrap certificate CN "${cn}" does not name this pod's identity ${identityName(identity)} (<uuid>.${identity.serviceAccount}.${identity.namespace})`,
+      `--bootstrap-cert ${flags["bootstrap-cert"]}: CN ${quote(cn ?? "")} does not name this pod's identity ${identityName(identity)} (<uuid>.${identity.serviceAccount}.${identity.namespace})`,
     );
   }
   return { certPem, keyPem, podUid: parsed.podUid };
@@ -86,7 +87,8 @@ async function openCredential(flags: AgentFlags, identity: ServiceIdentity, logg
     try {
       await token.start();
     } catch (error) {
-      throw new AgentStartupError(`--token-file: ${(error as Error).message}`);
+      await token.close();
+      throw new AgentStartupError(`--token-file ${tokenFile}: ${(error as Error).message}`);
     }
     return { bootstrap: null, token, podUid: undefined };
   }
@@ -96,25 +98,55 @@ async function openCredential(flags: AgentFlags, identity: ServiceIdentity, logg
 
 export async function startAgent(flags: AgentFlags, logger: Logger): Promise<RunningAgent> {
   const identity = identityFromFlags(flags);
-  const { bootstrap, token, podUid } = await openCredential(flags, identity, logger);
-  const caBundle = await readFile(flags["ca-bundle"], "utf8");
+  // Everything that can fail on bad input is read before anything starts that would keep the
+  // process alive (the token watcher, sockets), and whatever did start is stopped on failure: a
+  // pod whose agent cannot start must see it exit, not hang.
+  const caBundle = await readFlagFile("ca-bundle", flags["ca-bundle"]);
   try {
-    if (decodeCertificates(caBundle).length === 0) throw new Error("no CERTIFICATE block");
+    checkTrustBundle(caBundle);
   } catch (error) {
     throw new AgentStartupError(`--ca-bundle ${flags["ca-bundle"]}: ${(error as Error).message}`);
   }
+  const { bootstrap, token, podUid } = await openCredential(flags, identity, logger);
+  const stops: (() => Promise<void> | void)[] = [];
+  if (token !== null) stops.push(() => token.close());
+  const stopAll = async () => {
+    for (const stop of stops.reverse()) await stop();
+  };
+  try {
+    return await startParts(flags, logger, { identity, caBundle, bootstrap, token, podUid }, stops, stopAll);
+  } catch (error) {
+    await stopAll();
+    throw error;
+  }
+}
 
+async function startParts(
+  flags: AgentFlags,
+  logger: Logger,
+  input: {
+    identity: ServiceIdentity;
+    caBundle: string;
+    bootstrap: Awaited<ReturnType<typeof readBootstrap>> | null;
+    token: ProjectedToken | null;
+    podUid: string | undefined;
+  },
+  stops: (() => Promise<void> | void)[],
+  stopAll: () => Promise<void>,
+): Promise<RunningAgent> {
+  const { identity, caBundle, bootstrap, token, podUid } = input;
   const metrics = new MetricsRegistry();
   const cache = new SecretCache();
-  cache.setTrustBundle(caBundle);
   const tls = new MutableCertificateProvider();
-  tls.setCaCertificates(caBundle);
+  const trust = new AgentTrust(cache, tls, caBundle);
   const signer = new SignerClient({
     target: flags.server,
     tls,
     clientCertificate: bootstrap !== null,
     token: token === null ? undefined : () => token.current(),
+    serverSpiffeId: signingServerSpiffeId(flags["trust-domain"]),
   });
+  stops.push(() => signer.close());
   const rotator = new Rotator({
     identity,
     trustDomain: flags["trust-domain"],
@@ -123,18 +155,23 @@ export async function startAgent(flags: AgentFlags, logger: Logger): Promise<Run
     rotationFraction: flags["rotation-fraction"],
     signer,
     cache,
+    trust,
     tls,
     bootstrap,
     logger,
     metrics,
   });
-  const follower = new TrustBundleFollower({ source: signer, cache, tls, logger });
+  stops.push(() => rotator.stop());
+  const follower = new TrustBundleFollower({ source: signer, trust, logger });
+  stops.push(() => follower.stop());
   const sds = new SdsServer({ cache, identity, logger, metrics });
   await sds.listen(flags["sds-socket"], Number.parseInt(flags["sds-socket-mode"], 8));
+  stops.push(() => sds.close());
 
   const admin = new AdminServer({
     metrics,
     notReadyReason: () => (cache.validCertificate() === null ? "no valid certificate yet" : null),
+    stallThresholdMs: flags["liveness-stall-threshold"],
     status: () => {
       const { certificate, trustBundlePem } = cache.snapshot();
       const rotation = rotator.status();
@@ -158,6 +195,7 @@ export async function startAgent(flags: AgentFlags, logger: Logger): Promise<Run
     },
   });
   const adminBound = await admin.listen(parseHostPort(flags["admin-listen"]));
+  stops.push(() => admin.close());
   const adminAddress = `${adminBound.host}:${adminBound.port}`;
 
   // Follow the bundle once the first certificate proves the server is reachable and trusted.
@@ -180,18 +218,7 @@ export async function startAgent(flags: AgentFlags, logger: Logger): Promise<Run
     "agent started",
   );
 
-  return {
-    adminAddress,
-    cache,
-    async close() {
-      rotator.stop();
-      follower.stop();
-      await sds.close();
-      await admin.close();
-      signer.close();
-      await token?.close();
-    },
-  };
+  return { adminAddress, cache, close: stopAll };
 }
 
 export async function agentCommand(argv: readonly string[]): Promise<void> {

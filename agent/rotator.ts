@@ -5,16 +5,18 @@
 
 import { type KeyObject, X509Certificate } from "node:crypto";
 import { identityName, type ServiceIdentity, serviceCommonName, spiffeId } from "../common/identity.js";
-import { generateKeyPairAsync, type KeyAlgorithm, privateKeyToPem } from "../common/keys.js";
+import { generateKeyPair, type KeyAlgorithm, privateKeyToPem } from "../common/keys.js";
 import { backoffDelay } from "../common/lifecycle.js";
 import type { Logger } from "../common/logger.js";
 import type { MetricsRegistry } from "../common/metrics.js";
 import { decodeCertificates, encodePem } from "../common/pem.js";
 import type { MutableCertificateProvider } from "../common/tls-material.js";
+import { readCertificateNames } from "../common/x509/certificate-names.js";
 import { createCsr } from "../common/x509/csr.js";
 import type { CreateCertificateResponse } from "../proto/signing-api.js";
 import type { SecretCache, WorkloadCertificate } from "./secret-cache.js";
 import { SignerError } from "./signer-client.js";
+import type { AgentTrust } from "./trust.js";
 
 /** The slice of SignerClient the rotator needs. */
 export interface CertificateSigner {
@@ -34,6 +36,8 @@ export interface RotatorOptions {
   readonly rotationFraction: number;
   readonly signer: CertificateSigner;
   readonly cache: SecretCache;
+  /** The roots every returned chain must lead to; a bundle in an answer updates them first. */
+  readonly trust: AgentTrust;
   /** Client TLS identity: switched to each new service cert so renewals authenticate with it. */
   readonly tls: MutableCertificateProvider;
   /**
@@ -105,7 +109,7 @@ export class Rotator {
 
   /** One certificate request; exposed so tests and the demo can rotate on demand. */
   async rotateNow(): Promise<WorkloadCertificate> {
-    const { privateKey } = await generateKeyPairAsync(this.options.keyAlgorithm);
+    const { privateKey } = await generateKeyPair(this.options.keyAlgorithm);
     const csr = createCsr({
       privateKey,
       commonName: this.commonName,
@@ -117,9 +121,22 @@ export class Rotator {
       this.options.validityMs,
       this.options.requestTimeoutMs ?? 15_000,
     );
-    const certificate = this.accept(response, privateKey);
+    // The answer came over the channel whose server proved the signing server's identity, so its
+    // bundle is a bundle from the authenticated server (as on WatchTrustBundle); it is adopted first,
+    // which lets a leaf under a just-published root verify, and the chain is then checked against
+    // the roots the agent holds, never against anything else in the answer.
     const bundle = response.trust_bundle?.root_certificates.join("") ?? "";
-    if (bundle !== "") this.options.cache.setTrustBundle(bundle);
+    if (bundle !== "") {
+      try {
+        this.options.trust.adopt(bundle);
+      } catch (error) {
+        throw new SignerError(
+          "INTERNAL",
+          `server returned an unusable trust bundle: ${(error as Error).message}`,
+        );
+      }
+    }
+    const certificate = this.accept(response, privateKey);
     this.options.cache.setCertificate(certificate);
     if (this.options.bootstrap !== null) {
       this.options.tls.setIdentity(certificate.certChainPem, certificate.privateKeyPem);
@@ -219,25 +236,26 @@ export class Rotator {
     if (leaf === undefined) throw new SignerError("INTERNAL", "server returned an empty certificate chain");
     if (!leaf.checkPrivateKey(privateKey))
       throw new SignerError("INTERNAL", "server returned a certificate for another key");
-    if (!(leaf.subjectAltName ?? "").split(", ").includes(`URI:${this.spiffe}`)) {
+    let uris: readonly string[];
+    try {
+      uris = readCertificateNames(leaf.raw).san.uris;
+    } catch (error) {
+      throw new SignerError(
+        "INTERNAL",
+        `server returned an unreadable certificate: ${(error as Error).message}`,
+      );
+    }
+    if (uris.length !== 1 || uris[0] !== this.spiffe) {
       throw new SignerError("INTERNAL", `server returned a certificate without our SPIFFE ID ${this.spiffe}`);
     }
     const notBefore = new Date(leaf.validFrom);
     const notAfter = new Date(leaf.validTo);
     if (notAfter.getTime() <= Date.now())
       throw new SignerError("INTERNAL", "server returned an expired certificate");
-    const roots = decodeCertificates(
-      response.trust_bundle?.root_certificates.join("") || this.options.cache.snapshot().trustBundlePem || "",
-    );
-    if (
-      !chainsTo(
-        chain,
-        roots.map((der) => new X509Certificate(der)),
-      )
-    ) {
+    if (!this.options.trust.verifies(chain)) {
       throw new SignerError(
         "INTERNAL",
-        "server returned a certificate that does not chain to the trust bundle",
+        "server returned a certificate that does not chain to the mesh roots this agent holds",
       );
     }
     return {
@@ -248,14 +266,4 @@ export class Rotator {
       notAfter,
     };
   }
-}
-
-function chainsTo(chain: readonly X509Certificate[], roots: readonly X509Certificate[]): boolean {
-  for (let i = 0; i + 1 < chain.length; i++) {
-    const child = chain[i] as X509Certificate;
-    const parent = chain[i + 1] as X509Certificate;
-    if (!child.checkIssued(parent) || !child.verify(parent.publicKey)) return false;
-  }
-  const top = chain[chain.length - 1] as X509Certificate;
-  return roots.some((root) => top.checkIssued(root) && top.verify(root.publicKey));
 }

@@ -1,8 +1,11 @@
 // The agent's client for the signing API: one gRPC+TLS channel to the server, trusting the mesh
 // roots and presenting whatever client certificate the rotator last installed.
 
+import type { PeerCertificate } from "node:tls";
 import * as grpc from "@grpc/grpc-js";
+import { quote } from "../common/quote.js";
 import type { MutableCertificateProvider } from "../common/tls-material.js";
+import { readCertificateNames } from "../common/x509/certificate-names.js";
 import {
   type CreateCertificateRequest,
   type CreateCertificateResponse,
@@ -34,6 +37,11 @@ export interface SignerClientOptions {
   readonly clientCertificate: boolean;
   /** A bearer token sent with every call (projected ServiceAccount token), when set. */
   readonly token?: () => string;
+  /**
+   * The SPIFFE ID the server's certificate must carry (signingServerSpiffeId). It replaces the
+   * hostname check: a workload's certificate can be valid for a DNS name, never for this ID.
+   */
+  readonly serverSpiffeId: string;
 }
 
 type GenericClient = grpc.Client & Record<string, (...args: unknown[]) => unknown>;
@@ -49,6 +57,7 @@ export class SignerClient {
     let credentials: grpc.ChannelCredentials = grpc.experimental.createCertificateProviderChannelCredentials(
       options.tls,
       options.clientCertificate ? options.tls : null,
+      { checkServerIdentity: serverIdentityCheck(options.serverSpiffeId) },
     );
     const token = options.token;
     if (token !== undefined) {
@@ -114,6 +123,31 @@ export class SignerClient {
   close(): void {
     this.client.close();
   }
+}
+
+/**
+ * Runs after TLS verified the server's chain against the roots the agent holds: the leaf must name
+ * exactly the signing server's SPIFFE ID, read structurally from its DER.
+ */
+export function serverIdentityCheck(
+  expected: string,
+): (host: string, cert: PeerCertificate) => Error | undefined {
+  return (_host, cert) => {
+    let uris: readonly string[];
+    try {
+      uris = readCertificateNames(cert.raw).san.uris;
+    } catch (error) {
+      return new Error(`signing server certificate is unreadable: ${(error as Error).message}`);
+    }
+    if (uris.length === 1 && uris[0] === expected) return undefined;
+    return Object.assign(
+      new Error(
+        `signing server certificate does not carry the signing server's identity ${expected} ` +
+          `(URI SANs: ${uris.length === 0 ? "none" : uris.map((u) => quote(u)).join(", ")}); refusing to trust it`,
+      ),
+      { code: "ERR_OSM_CERT_SERVER_IDENTITY" },
+    );
+  };
 }
 
 function toSignerError(error: grpc.ServiceError): SignerError {

@@ -1,14 +1,13 @@
-// Follows WatchTrustBundle: every new bundle goes to the cache (so Envoy gets ROOTCA at once) and to
-// the TLS client (so the agent keeps trusting the server across a root rotation). A dropped stream
+// Follows WatchTrustBundle: every new bundle becomes the agent's trust (AgentTrust: Envoy's ROOTCA at
+// once, and the TLS client, so the agent keeps trusting the server across a root rotation). The
+// stream runs on the channel whose server proved the signing server's SPIFFE ID. A dropped stream
 // is reopened with backoff; the last bundle stays in force meanwhile.
 
 import { backoffDelay } from "../common/lifecycle.js";
 import type { Logger } from "../common/logger.js";
-import { decodeCertificates } from "../common/pem.js";
-import type { MutableCertificateProvider } from "../common/tls-material.js";
 import type { TrustBundleMessage } from "../proto/signing-api.js";
-import type { SecretCache } from "./secret-cache.js";
 import type { SignerError } from "./signer-client.js";
+import type { AgentTrust } from "./trust.js";
 
 export interface TrustBundleSource {
   watchTrustBundle(
@@ -26,8 +25,7 @@ export class TrustBundleFollower {
   constructor(
     private readonly options: {
       readonly source: TrustBundleSource;
-      readonly cache: SecretCache;
-      readonly tls: MutableCertificateProvider;
+      readonly trust: AgentTrust;
       readonly logger: Logger;
     },
   ) {}
@@ -62,22 +60,20 @@ export class TrustBundleFollower {
 
   private accept(bundle: TrustBundleMessage): void {
     this.failures = 0;
-    const pem = bundle.root_certificates.join("");
+    let changed: boolean;
     try {
-      if (decodeCertificates(pem).length === 0) throw new Error("no certificates");
+      changed = this.options.trust.adopt(bundle.root_certificates.join(""));
     } catch (error) {
       this.options.logger.error(
         { event: "trust_bundle.rejected", error: (error as Error).message },
-        "ignoring an unreadable trust bundle",
+        "ignoring an unusable trust bundle",
       );
       return;
     }
-    if (pem === this.options.cache.snapshot().trustBundlePem) return;
+    if (!changed) return;
     this.options.logger.info(
       { event: "trust_bundle.updated", version: bundle.version, roots: bundle.root_certificates.length },
       "trust bundle updated",
     );
-    this.options.cache.setTrustBundle(pem);
-    this.options.tls.setCaCertificates(pem);
   }
 }

@@ -46,10 +46,10 @@ function opensslFloor(): { sign: number; verify: number; floor: number } {
   return { sign, verify, floor: 1 / (1 / sign + 1 / verify) };
 }
 
-function makeCsrs(count: number): string[] {
+async function makeCsrs(count: number): Promise<string[]> {
   const csrs: string[] = [];
   for (let i = 0; i < count; i++) {
-    const { privateKey } = generateKeyPair("ecdsa-p256");
+    const { privateKey } = await generateKeyPair("ecdsa-p256");
     csrs.push(
       encodePem(
         "CERTIFICATE REQUEST",
@@ -66,7 +66,7 @@ async function benchSigning(): Promise<void> {
     const caDir = join(dir.path, "ca");
     const ca = await openTestCa(caDir);
     const root = ca.trustBundle().roots.join("");
-    const csrs = makeCsrs(2_000);
+    const csrs = await makeCsrs(2_000);
 
     // In-process core (no gRPC): parse + verify + build + sign, one core.
     const { TresorProvider } = await import("../server/providers/tresor/tresor.js");
@@ -92,9 +92,11 @@ async function benchSigning(): Promise<void> {
 
     // Over gRPC+TLS against one server process; the load generator runs in this process.
     const { server, address } = await startServerProcess(caDir, []);
-    const clients = Array.from(
-      { length: 4 },
-      () => new TestSigningClient(address, root, bootstrapCert(ca, identity)),
+    const clients = await Promise.all(
+      Array.from(
+        { length: 4 },
+        async () => new TestSigningClient(address, root, await bootstrapCert(ca, identity)),
+      ),
     );
     let done = 0;
     let errors = 0;

@@ -94,7 +94,7 @@ async function issueToDirectory(options: {
       validityMs: 87_600 * 3_600_000,
     },
   });
-  const { privateKey } = generateKeyPair("ecdsa-p256");
+  const { privateKey } = await generateKeyPair("ecdsa-p256");
   const csrDer = createCsr({ privateKey, commonName: options.commonName, dnsNames: options.dnsNames });
   const issued = provider.issueSync({
     csrPem: encodePem("CERTIFICATE REQUEST", csrDer),

@@ -2,6 +2,7 @@
 
 import { createServer, type Server } from "node:http";
 import type { AddressInfo } from "node:net";
+import { LoopStallMonitor } from "./loop-stall.js";
 import type { MetricsRegistry } from "./metrics.js";
 
 export interface AdminHandlers {
@@ -9,6 +10,8 @@ export interface AdminHandlers {
   /** null when ready; otherwise why not, shown to whoever probes. */
   readonly notReadyReason: () => string | null;
   readonly status?: () => unknown;
+  /** /healthz fails for a while after the event loop stalled at least this long (default 10 s). */
+  readonly stallThresholdMs?: number;
 }
 
 export interface HostPort {
@@ -30,8 +33,10 @@ export function formatHostPort({ host, port }: HostPort): string {
 
 export class AdminServer {
   private readonly server: Server;
+  private readonly stalls: LoopStallMonitor;
 
   constructor(private readonly handlers: AdminHandlers) {
+    this.stalls = new LoopStallMonitor(handlers.stallThresholdMs ?? 10_000);
     this.server = createServer((req, res) => {
       const path = (req.url ?? "/").split("?")[0];
       if (req.method !== "GET" && req.method !== "HEAD") {
@@ -39,9 +44,19 @@ export class AdminServer {
         return;
       }
       switch (path) {
-        case "/healthz":
-          res.writeHead(200, { "content-type": "text/plain" }).end("ok\n");
+        case "/healthz": {
+          const stall = this.stalls.recentStall();
+          if (stall === null) {
+            res.writeHead(200, { "content-type": "text/plain" }).end("ok\n");
+          } else {
+            res
+              .writeHead(503, { "content-type": "text/plain" })
+              .end(
+                `event loop stalled for ${(stall.durationMs / 1000).toFixed(1)} s until ${new Date(stall.endedAt).toISOString()}\n`,
+              );
+          }
           return;
+        }
         case "/readyz": {
           const reason = this.handlers.notReadyReason();
           res
@@ -75,11 +90,13 @@ export class AdminServer {
         resolve();
       });
     });
+    this.stalls.start();
     const bound = this.server.address() as AddressInfo;
     return { host: bound.address, port: bound.port };
   }
 
   async close(): Promise<void> {
+    this.stalls.stop();
     this.server.closeAllConnections();
     await new Promise<void>((resolve) => this.server.close(() => resolve()));
   }

@@ -2,6 +2,7 @@
 // once; parsing, validation, `--help` text and the environment names all come from that table, so
 // they cannot drift apart. Bad values end start-up with exit code 2 and one line naming the flag.
 
+import { readFile } from "node:fs/promises";
 import { parseArgs } from "node:util";
 import { parseDuration } from "./duration.js";
 
@@ -155,4 +156,27 @@ export function usage(command: string, table: FlagTable): string {
     lines.push(`  --${name}${meta}`, `      ${spec.help} (${extra.join("; ")})`);
   }
   return `${lines.join("\n")}\n`;
+}
+
+/** A file named by a flag could not be read; the message names the flag, the path and why. */
+export class FlagFileError extends Error {
+  readonly code = "ERR_OSM_CERT_FLAG_FILE";
+}
+
+const FS_REASONS: Readonly<Record<string, string>> = {
+  ENOENT: "no such file",
+  EACCES: "permission denied",
+  EISDIR: "is a directory, not a file",
+  ENOTDIR: "a parent of the path is not a directory",
+  ELOOP: "too many symbolic links",
+};
+
+/** Reads the text file `--flag` names. */
+export async function readFlagFile(flag: string, path: string): Promise<string> {
+  try {
+    return await readFile(path, "utf8");
+  } catch (error) {
+    const code = (error as NodeJS.ErrnoException).code ?? "";
+    throw new FlagFileError(`--${flag} ${path}: ${FS_REASONS[code] ?? (error as Error).message}`);
+  }
 }

@@ -67,6 +67,15 @@ export function spiffeId(id: ServiceIdentity, trustDomain: string): string {
   return `spiffe://${trustDomain}/ns/${id.namespace}/sa/${id.serviceAccount}`;
 }
 
+/**
+ * The signing server's SPIFFE ID. Agents authenticate the server by it (never by a DNS name, which a
+ * workload's own certificate could carry); it lies outside the `/ns/<ns>/sa/<sa>` space, so the
+ * issuance policy can never hand it to a workload.
+ */
+export function signingServerSpiffeId(trustDomain: string): string {
+  return `spiffe://${trustDomain}/osm-cert/signing-server`;
+}
+
 /** Parses a SPIFFE ID of our shape; null when it is not one (foreign shape or other trust domain). */
 export function parseSpiffeId(uri: string, trustDomain: string): ServiceIdentity | null {
   const prefix = `spiffe://${trustDomain}/ns/`;

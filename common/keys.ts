@@ -1,7 +1,7 @@
 // Key algorithms a workload or CA may use (DESIGN.md §6): ECDSA P-256 by default, P-384 and RSA
 // 2048/3072/4096 on request. Keys live as KeyObjects so OpenSSL parses them once, never per use.
 
-import { generateKeyPair as generateKeyPairCallback, generateKeyPairSync, type KeyObject } from "node:crypto";
+import { generateKeyPair as generateKeyPairCallback, type KeyObject } from "node:crypto";
 import { promisify } from "node:util";
 
 export type KeyAlgorithm = "ecdsa-p256" | "ecdsa-p384" | "rsa-2048" | "rsa-3072" | "rsa-4096";
@@ -56,15 +56,14 @@ function specFor(alg: KeyAlgorithm): KeySpec {
 
 const generateKeyPairPromise = promisify(generateKeyPairCallback);
 
-/** Synchronous: an EC key takes well under a millisecond; RSA-4096 can take a second, so prefer the async form there. */
-export function generateKeyPair(alg: KeyAlgorithm): KeyPair {
-  const spec = specFor(alg);
-  if (spec.type === "ec") return generateKeyPairSync("ec", { namedCurve: spec.namedCurve });
-  return generateKeyPairSync("rsa", { modulusLength: spec.modulusLength, publicExponent: 65537 });
-}
-
-/** Generates on libuv's thread pool, so RSA generation does not stall the event loop (SDS streams, gRPC). */
-export function generateKeyPairAsync(alg: KeyAlgorithm): Promise<KeyPair> {
+/**
+ * Generates on libuv's thread pool, so RSA generation does not stall the event loop (SDS streams,
+ * gRPC). There is deliberately no synchronous form: on Node 20.20 a key from generateKeyPairSync
+ * whose asymmetricKeyDetails is then read can deadlock the main thread for good inside OpenSSL's
+ * key-data mutex (a loop of that pattern hangs within seconds here; the asynchronous form did not
+ * in hundreds of thousands of keys; test/unit/keygen-deadlock.test.ts keeps it that way).
+ */
+export function generateKeyPair(alg: KeyAlgorithm): Promise<KeyPair> {
   const spec = specFor(alg);
   if (spec.type === "ec") return generateKeyPairPromise("ec", { namedCurve: spec.namedCurve });
   return generateKeyPairPromise("rsa", { modulusLength: spec.modulusLength, publicExponent: 65537 });

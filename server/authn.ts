@@ -6,6 +6,7 @@
 
 import { X509Certificate } from "node:crypto";
 import { parseBootstrapCommonName, parseSpiffeId, type ServiceIdentity } from "../common/identity.js";
+import { type CertificateNames, readCertificateNames } from "../common/x509/certificate-names.js";
 import type { TokenAuthenticator } from "./token-review.js";
 
 export type Caller = {
@@ -69,7 +70,13 @@ export class ClientCertificateAuthenticator {
     if (eku !== undefined && !eku.includes(CLIENT_AUTH_OID)) {
       return refuse("client certificate is not valid for client authentication (no clientAuth EKU)");
     }
-    const uris = uriSans(cert.subjectAltName);
+    let names: CertificateNames;
+    try {
+      names = readCertificateNames(cert.raw);
+    } catch (error) {
+      return refuse(`client certificate is unreadable: ${(error as Error).message}`);
+    }
+    const uris = names.san.uris;
     if (uris.length > 0) {
       if (uris.length !== 1) return refuse("client certificate carries more than one URI SAN");
       const identity = parseSpiffeId(uris[0] as string, this.trustDomain);
@@ -84,7 +91,7 @@ export class ClientCertificateAuthenticator {
         notAfter,
       };
     }
-    const cn = commonName(cert.subject);
+    const cn = names.subjectCommonName;
     const bootstrap = cn === null ? null : parseBootstrapCommonName(cn);
     if (bootstrap === null) {
       return refuse(
@@ -104,30 +111,20 @@ export class ClientCertificateAuthenticator {
   }
 }
 
-function uriSans(subjectAltName: string | undefined): string[] {
-  if (subjectAltName === undefined) return [];
-  // Node renders SANs as `DNS:a, URI:b`; values containing ", " are quoted JSON strings.
-  const uris: string[] = [];
-  for (const match of subjectAltName.matchAll(/URI:("(?:[^"\\]|\\.)*"|[^,]*)/g)) {
-    const raw = match[1] as string;
-    uris.push(raw.startsWith('"') ? (JSON.parse(raw) as string) : raw);
-  }
-  return uris;
-}
-
-function commonName(subject: string): string | null {
-  const line = subject.split("\n").find((l) => l.startsWith("CN="));
-  return line === undefined ? null : line.slice(3);
-}
-
 /** What authentication reads from a call: its TLS peer and its metadata. */
 export interface AuthnCall extends PeerCertificateSource {
   readonly metadata: { get(key: string): (string | Buffer)[] };
+  /** "address:port" of the caller. */
+  getPeer(): string;
 }
 
 export type CallerResult =
   | { readonly ok: true; readonly caller: Caller }
-  | { readonly ok: false; readonly status: "UNAUTHENTICATED" | "UNAVAILABLE"; readonly message: string };
+  | {
+      readonly ok: false;
+      readonly status: "UNAUTHENTICATED" | "UNAVAILABLE" | "RESOURCE_EXHAUSTED";
+      readonly message: string;
+    };
 
 /** A bearer token, when present, decides; otherwise the client certificate does. */
 export class CallerAuthenticator {
@@ -154,9 +151,15 @@ export class CallerAuthenticator {
             "this server does not accept ServiceAccount tokens (it runs without the Kubernetes API); use a client certificate",
         };
       }
-      return this.tokens.authenticate(match[1] as string);
+      return this.tokens.authenticate(match[1] as string, peerAddress(call.getPeer()));
     }
     const result = this.clientCertificates.authenticate(call);
     return result.ok ? result : { ok: false, status: "UNAUTHENTICATED", message: result.message };
   }
+}
+
+/** The address part of grpc-js's "address:port" peer string (IPv6 addresses hold colons too). */
+function peerAddress(peer: string): string {
+  const colon = peer.lastIndexOf(":");
+  return colon > 0 && /^\d+$/.test(peer.slice(colon + 1)) ? peer.slice(0, colon) : peer;
 }

@@ -75,7 +75,7 @@ export const SERVER_FLAGS = {
     kind: "string",
     help: "SPIFFE trust domain and service-cert name suffix",
     default: "cluster.local",
-    validate: (v) => void validateTrustDomain(v),
+    validate: checkServerTrustDomain,
   },
   "service-cert-validity-duration": {
     kind: "duration",
@@ -84,6 +84,27 @@ export const SERVER_FLAGS = {
     env: "OSM_SERVICE_CERT_VALIDITY_DURATION",
   },
   "min-cert-validity": { kind: "duration", help: "shortest validity an agent may ask for", default: "1s" },
+  "serving-cert-validity": {
+    kind: "duration",
+    help: "validity of the server's own serving certificate, renewed after two thirds of it",
+    default: "24h",
+  },
+  "request-receive-timeout": {
+    kind: "duration",
+    help: "a call's whole request must arrive within this (bounds what unauthenticated peers can hold)",
+    default: "10s",
+  },
+  "max-receiving-requests": {
+    kind: "number",
+    help: "calls that may be receiving their request at once; more get RESOURCE_EXHAUSTED with a retry hint",
+    default: "1024",
+    validate: positiveInteger,
+  },
+  "liveness-stall-threshold": {
+    kind: "duration",
+    help: "/healthz fails for a minute after the event loop stalled this long (a hung process gets restarted)",
+    default: "10s",
+  },
   "ca-bundle-secret-name": {
     kind: "string",
     help: "Secret holding Tresor's root in Kubernetes mode",
@@ -132,6 +153,25 @@ export const SERVER_FLAGS = {
     env: "CERT_MANAGER_ISSUER_GROUP",
   },
 } as const satisfies FlagTable;
+
+/**
+ * A trust domain whose labels include "svc" or "pod" would put every service-cert name
+ * (`<sa>.<ns>.<trust domain>`) inside Kubernetes' DNS schema, e.g. `svc.cluster.local` makes each
+ * workload's name an in-cluster Service name.
+ */
+function checkServerTrustDomain(value: string): void {
+  validateTrustDomain(value);
+  const reserved = value.split(".").find((label) => label === "svc" || label === "pod");
+  if (reserved !== undefined) {
+    throw new Error(
+      `"${value}" holds the label "${reserved}": service-cert names under it would be in-cluster ${reserved === "svc" ? "Service" : "pod"} DNS names`,
+    );
+  }
+}
+
+function positiveInteger(value: string): void {
+  if (!/^[1-9]\d{0,8}$/.test(value.trim())) throw new Error(`"${value}" is not a positive whole number`);
+}
 
 function checkHostPort(value: string): void {
   parseHostPort(value);

@@ -4,14 +4,12 @@ import { X509Certificate } from "node:crypto";
 import { isIP } from "node:net";
 import * as grpc from "@grpc/grpc-js";
 import { AdminServer, parseHostPort } from "../common/admin-http.js";
-import { type ParsedFlags, parseFlags } from "../common/flags.js";
-import { generateKeyPair, type KeyAlgorithm, privateKeyToPem } from "../common/keys.js";
+import { FlagError, type ParsedFlags, parseFlags } from "../common/flags.js";
+import type { KeyAlgorithm } from "../common/keys.js";
 import { waitForSignal } from "../common/lifecycle.js";
 import { createLogger, type Logger } from "../common/logger.js";
 import { MetricsRegistry } from "../common/metrics.js";
-import { encodePem } from "../common/pem.js";
 import { MutableCertificateProvider } from "../common/tls-material.js";
-import { createCsr, parseCsrDer } from "../common/x509/csr.js";
 import { CallerAuthenticator, ClientCertificateAuthenticator } from "./authn.js";
 import { SERVER_FLAGS } from "./flags.js";
 import { inClusterConfig, KubeClient, loadKubeconfig } from "./kubernetes/client.js";
@@ -22,6 +20,8 @@ import type { CertificateProvider } from "./providers/provider.js";
 import { DirectoryCaStore } from "./providers/tresor/directory-store.js";
 import { SecretCaStore } from "./providers/tresor/secret-store.js";
 import { type CaStore, TresorProvider } from "./providers/tresor/tresor.js";
+import { RequestGuard } from "./request-guard.js";
+import { ServingCertificate } from "./serving-certificate.js";
 import { SigningService } from "./signing-service.js";
 import { TokenAuthenticator } from "./token-review.js";
 
@@ -29,7 +29,12 @@ export type ServerFlags = ParsedFlags<typeof SERVER_FLAGS>;
 
 /** gRPC messages above this are refused by grpc-js itself with RESOURCE_EXHAUSTED. */
 export const MAX_MESSAGE_BYTES = 16 * 1024;
-const SERVING_CERT_VALIDITY_MS = 365 * 24 * 3_600_000;
+/** HTTP/2 streams one connection may hold at once (an agent uses two). */
+const MAX_STREAMS_PER_CONNECTION = 16;
+/** A connection with no call in flight is closed after this long. */
+const IDLE_CONNECTION_MS = 5 * 60_000;
+/** close() lets in-flight calls finish for this long before cutting connections. */
+const SHUTDOWN_GRACE_MS = 5_000;
 
 export class StartupError extends Error {
   readonly code = "ERR_OSM_CERT_STARTUP";
@@ -93,30 +98,10 @@ export async function openProvider(
       });
     }
     default:
-      throw new StartupError(
-        `--certificate-manager=${flags["certificate-manager"]} is not available in this build yet; use tresor`,
+      throw new FlagError(
+        `server: invalid --certificate-manager: ${flags["certificate-manager"]} is not available in this build yet; use tresor`,
       );
   }
-}
-
-/** The server's own TLS identity: a fresh key in memory, certified by the provider like any leaf. */
-export async function issueServingCertificate(provider: CertificateProvider, sans: readonly string[]) {
-  const { privateKey } = generateKeyPair("ecdsa-p256");
-  const dnsNames = sans.filter((s) => isIP(s) === 0);
-  const ipAddresses = sans.filter((s) => isIP(s) !== 0);
-  const commonName = dnsNames[0] ?? "osm-cert";
-  const csrDer = createCsr({ privateKey, commonName, dnsNames });
-  const issued = await provider.issue({
-    csrPem: encodePem("CERTIFICATE REQUEST", csrDer),
-    csr: parseCsrDer(csrDer),
-    profile: "server",
-    commonName,
-    dnsNames,
-    uris: [],
-    ipAddresses,
-    validityMs: SERVING_CERT_VALIDITY_MS,
-  });
-  return { chainPem: issued.chainPem.join(""), keyPem: privateKeyToPem(privateKey) };
 }
 
 /**
@@ -168,15 +153,40 @@ export interface RunningServer {
   close(): Promise<void>;
 }
 
+/** Flag combinations no single flag's check can see; each stops start-up with exit code 2. */
+export function checkServerFlags(flags: ServerFlags): void {
+  const max = flags["service-cert-validity-duration"];
+  const min = flags["min-cert-validity"];
+  if (max <= 0) {
+    throw new FlagError("server: invalid --service-cert-validity-duration: must be longer than 0");
+  }
+  if (min > max) {
+    throw new FlagError(
+      `server: invalid --min-cert-validity: ${min} ms is longer than --service-cert-validity-duration (${max} ms)`,
+    );
+  }
+  if (flags["serving-cert-validity"] < 60_000) {
+    throw new FlagError("server: invalid --serving-cert-validity: must be at least 1m");
+  }
+}
+
 export async function startServer(flags: ServerFlags, logger: Logger): Promise<RunningServer> {
+  checkServerFlags(flags);
   const metrics = new MetricsRegistry();
   const kube = await openKubeClient(flags, logger);
   const provider = await openProvider(flags, logger, kube);
   const bundle = provider.trustBundle();
   const tls = new MutableCertificateProvider();
   tls.setCaCertificates(bundle.roots.join(""));
-  const serving = await issueServingCertificate(provider, flags["server-san"]);
-  tls.setIdentity(serving.chainPem, serving.keyPem);
+  const serving = new ServingCertificate({
+    provider,
+    tls,
+    trustDomain: flags["trust-domain"],
+    sans: flags["server-san"],
+    validityMs: flags["serving-cert-validity"],
+    logger,
+  });
+  await serving.start();
   provider.onTrustBundleChange((next) => tls.setCaCertificates(next.roots.join("")));
 
   const rootExpiry = metrics.gauge(
@@ -191,13 +201,25 @@ export async function startServer(flags: ServerFlags, logger: Logger): Promise<R
     rootExpiry.set(Date.parse(cert.validTo) / 1000, { serial: cert.serialNumber });
   }
 
+  const guard = new RequestGuard({
+    receiveTimeoutMs: flags["request-receive-timeout"],
+    maxReceiving: flags["max-receiving-requests"],
+    metrics,
+  });
   const server = new grpc.Server({
     "grpc.max_receive_message_length": MAX_MESSAGE_BYTES,
     "grpc.max_send_message_length": 64 * 1024,
     "grpc.keepalive_time_ms": 60_000,
     "grpc.keepalive_permit_without_calls": 1,
+    // An agent needs two streams (CreateCertificate, WatchTrustBundle); a peer may not hold more
+    // than this many on one connection, nor keep a connection with no call open for long.
+    "grpc.max_concurrent_streams": MAX_STREAMS_PER_CONNECTION,
+    "grpc.max_connection_idle_ms": IDLE_CONNECTION_MS,
+    // Channelz keeps a record of every socket and call; nobody reads it here, and it pins memory.
+    "grpc.enable_channelz": 0,
+    interceptors: [guard.interceptor],
   });
-  new SigningService({
+  const signing = new SigningService({
     provider,
     authenticator: new CallerAuthenticator(
       new ClientCertificateAuthenticator(flags["trust-domain"]),
@@ -213,10 +235,14 @@ export async function startServer(flags: ServerFlags, logger: Logger): Promise<R
       trustDomain: flags["trust-domain"],
       maxValidityMs: flags["service-cert-validity-duration"],
       minValidityMs: flags["min-cert-validity"],
+      reservedDnsNames: new Set(
+        flags["server-san"].filter((name) => isIP(name) === 0).map((name) => name.toLowerCase()),
+      ),
     },
     logger,
     metrics,
-  }).register(server);
+  });
+  signing.register(server);
 
   // Client certificates are requested but not required by TLS: the handler decides, so callers
   // without one get UNAUTHENTICATED with a reason instead of a bare handshake failure.
@@ -232,6 +258,7 @@ export async function startServer(flags: ServerFlags, logger: Logger): Promise<R
   const admin = new AdminServer({
     metrics,
     notReadyReason: () => (ready ? null : "shutting down"),
+    stallThresholdMs: flags["liveness-stall-threshold"],
   });
   const adminBound = await admin.listen(parseHostPort(flags["admin-listen"]));
   const adminAddress = `${adminBound.host}:${adminBound.port}`;
@@ -251,12 +278,15 @@ export async function startServer(flags: ServerFlags, logger: Logger): Promise<R
     adminAddress,
     async close() {
       ready = false;
+      serving.stop();
       await stopLeading();
+      // Watch streams never end by themselves; ending them lets tryShutdown finish at once.
+      signing.close();
       await new Promise<void>((resolve) => {
         const force = setTimeout(() => {
           server.forceShutdown();
           resolve();
-        }, 5_000);
+        }, SHUTDOWN_GRACE_MS);
         server.tryShutdown(() => {
           clearTimeout(force);
           resolve();

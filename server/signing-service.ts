@@ -4,6 +4,7 @@
 
 import * as grpc from "@grpc/grpc-js";
 import { identityName } from "../common/identity.js";
+import { LogBudget } from "../common/log-budget.js";
 import type { Logger } from "../common/logger.js";
 import {
   type Counter,
@@ -11,6 +12,7 @@ import {
   LATENCY_BUCKETS_SECONDS,
   type MetricsRegistry,
 } from "../common/metrics.js";
+import { shorten } from "../common/quote.js";
 import { CsrError, MAX_CSR_BYTES, parseCsrPem } from "../common/x509/csr.js";
 import {
   type CreateCertificateRequest,
@@ -65,6 +67,12 @@ export class SigningService {
   private readonly issued: Counter;
   private readonly latency: Histogram;
   private readonly watchers: Counter;
+  /** Denials are chosen by callers; their log lines are budgeted (LogBudget). */
+  private readonly denialLogBudget = new LogBudget(10, 50);
+  /** Open WatchTrustBundle streams, ended by close() so shutdown does not wait for them. */
+  private readonly openWatches = new Set<
+    grpc.ServerWritableStream<WatchTrustBundleRequest, TrustBundleMessage>
+  >();
 
   constructor(private readonly options: SigningServiceOptions) {
     const { metrics } = options;
@@ -142,16 +150,20 @@ export class SigningService {
       limits,
     );
     if (!decision.ok) {
-      if (decision.code === "PERMISSION_DENIED") {
+      const budget = decision.code === "PERMISSION_DENIED" ? this.denialLogBudget.take() : null;
+      if (budget !== null) {
+        // decision.message quotes the CSR only in a short escaped form; the CSR's own fields are
+        // summarised the same way, so no caller can fill the log with text of its choosing.
         logger.warn(
           {
             event: "certificate.denied",
             caller: identityName(caller.identity),
-            csrCommonName: csr.subjectCommonName,
-            csrDns: csr.dnsNames,
-            csrUris: csr.uris,
+            csrCommonName: csr.subjectCommonName === null ? null : shorten(csr.subjectCommonName),
+            csrDns: csr.dnsNames.slice(0, 4).map((name) => shorten(name)),
+            csrUris: csr.uris.slice(0, 4).map((uri) => shorten(uri)),
             pod: caller.podName,
             podUid: caller.podUid,
+            suppressedBefore: budget.suppressedBefore || undefined,
           },
           decision.message,
         );
@@ -219,9 +231,20 @@ export class SigningService {
       const { provider } = this.options;
       call.write(this.bundleMessage(provider.trustBundle()));
       const unsubscribe = provider.onTrustBundleChange((bundle) => call.write(this.bundleMessage(bundle)));
-      call.on("cancelled", unsubscribe);
-      call.on("close", unsubscribe);
+      this.openWatches.add(call);
+      const done = () => {
+        unsubscribe();
+        this.openWatches.delete(call);
+      };
+      call.on("cancelled", done);
+      call.on("close", done);
     });
+  }
+
+  /** Ends every open WatchTrustBundle stream (OK status): agents reconnect to another replica. */
+  close(): void {
+    for (const call of this.openWatches) call.end();
+    this.openWatches.clear();
   }
 
   private bundleMessage(bundle: TrustBundle): TrustBundleMessage {

@@ -1,7 +1,12 @@
 // ServiceAccount-token authentication: the agent sends its projected token (audience `osm-cert`
 // by default) and the Kubernetes API server says whose it is, through a TokenReview that names
-// our audience. Positive answers are cached briefly, never past the token's own expiry; negative
-// answers and failures are never cached, so one bad moment cannot lock a workload out or in.
+// our audience. Positive answers are cached briefly, never past the token's own expiry; failures
+// (API down) are never cached, so one bad moment cannot lock a workload out or in.
+//
+// A TokenReview costs the API server work and is rate-limited there, and anyone who reaches the
+// signing port can send a bearer token. So before asking: cheap local checks (JWT shape, exp/nbf,
+// our audience in `aud`), a short cache of definite rejections, one review in flight per token, and
+// a per-peer budget of reviews; a peer past it gets RESOURCE_EXHAUSTED, not a review.
 
 import { createHash } from "node:crypto";
 import { isDnsLabel, isDnsSubdomain, type ServiceIdentity } from "../common/identity.js";
@@ -22,7 +27,11 @@ export interface TokenReviewStatus {
 
 export type TokenAuthnResult =
   | { readonly ok: true; readonly caller: Caller }
-  | { readonly ok: false; readonly status: "UNAUTHENTICATED" | "UNAVAILABLE"; readonly message: string };
+  | {
+      readonly ok: false;
+      readonly status: "UNAUTHENTICATED" | "UNAVAILABLE" | "RESOURCE_EXHAUSTED";
+      readonly message: string;
+    };
 
 export interface TokenAuthenticatorOptions {
   readonly reviewer: TokenReviewer;
@@ -31,8 +40,17 @@ export interface TokenAuthenticatorOptions {
   readonly cacheTtlMs?: number;
   readonly cacheLimit?: number;
   readonly reviewTimeoutMs?: number;
+  /** How long a definite rejection is remembered (default 10 s). */
+  readonly negativeTtlMs?: number;
+  /** Reviews one peer may cause: a burst, then this many a second (defaults 20 and 5). */
+  readonly peerReviewBurst?: number;
+  readonly peerReviewsPerSecond?: number;
   readonly now?: () => number;
 }
+
+/** Clock skew tolerated on exp and nbf, as the API server itself allows. */
+const JWT_LEEWAY_MS = 60_000;
+const MAX_PEERS_TRACKED = 10_000;
 
 const SERVICE_ACCOUNT_PREFIX = "system:serviceaccount:";
 const POD_NAME = "authentication.kubernetes.io/pod-name";
@@ -43,11 +61,25 @@ interface CacheEntry {
   readonly until: number;
 }
 
+interface Rejection {
+  readonly message: string;
+  readonly until: number;
+}
+
+interface PeerBudget {
+  tokens: number;
+  updatedAt: number;
+}
+
 export class TokenAuthenticator {
   private readonly cache = new Map<string, CacheEntry>();
+  private readonly rejections = new Map<string, Rejection>();
+  private readonly inFlight = new Map<string, Promise<TokenAuthnResult>>();
+  private readonly peers = new Map<string, PeerBudget>();
   private readonly ttlMs: number;
   private readonly limit: number;
   private readonly now: () => number;
+  private reviewCount = 0;
 
   constructor(private readonly options: TokenAuthenticatorOptions) {
     this.ttlMs = options.cacheTtlMs ?? 60_000;
@@ -55,18 +87,63 @@ export class TokenAuthenticator {
     this.now = options.now ?? Date.now;
   }
 
-  async authenticate(token: string): Promise<TokenAuthnResult> {
+  /** TokenReviews sent so far. */
+  get reviews(): number {
+    return this.reviewCount;
+  }
+
+  /** `peer` is the caller's address (any stable string); it only keys the review budget. */
+  async authenticate(token: string, peer = ""): Promise<TokenAuthnResult> {
     if (token === "" || token.length > 16_384 || /\s/.test(token)) {
       return { ok: false, status: "UNAUTHENTICATED", message: "malformed bearer token" };
     }
-    const key = createHash("sha256").update(token).digest("base64url");
     const now = this.now();
+    const precheck = checkJwt(token, this.options.audience, now);
+    if (precheck !== null) return { ok: false, status: "UNAUTHENTICATED", message: precheck };
+
+    const key = createHash("sha256").update(token).digest("base64url");
     const cached = this.cache.get(key);
     if (cached !== undefined) {
       if (now < cached.until) return { ok: true, caller: cached.caller };
       this.cache.delete(key);
     }
+    const rejected = this.rejections.get(key);
+    if (rejected !== undefined) {
+      if (now < rejected.until) return { ok: false, status: "UNAUTHENTICATED", message: rejected.message };
+      this.rejections.delete(key);
+    }
+    const pending = this.inFlight.get(key);
+    if (pending !== undefined) return pending;
+    if (!this.spendPeerBudget(peer, now)) {
+      return {
+        ok: false,
+        status: "RESOURCE_EXHAUSTED",
+        message: "too many token reviews from this address; retry in a few seconds",
+      };
+    }
+    const review = this.review(token, key, now).finally(() => this.inFlight.delete(key));
+    this.inFlight.set(key, review);
+    return review;
+  }
 
+  private spendPeerBudget(peer: string, now: number): boolean {
+    const burst = this.options.peerReviewBurst ?? 20;
+    const rate = this.options.peerReviewsPerSecond ?? 5;
+    let budget = this.peers.get(peer);
+    if (budget === undefined) {
+      if (this.peers.size >= MAX_PEERS_TRACKED) this.peers.delete(this.peers.keys().next().value as string);
+      budget = { tokens: burst, updatedAt: now };
+      this.peers.set(peer, budget);
+    }
+    budget.tokens = Math.min(burst, budget.tokens + ((now - budget.updatedAt) / 1000) * rate);
+    budget.updatedAt = now;
+    if (budget.tokens < 1) return false;
+    budget.tokens -= 1;
+    return true;
+  }
+
+  private async review(token: string, key: string, now: number): Promise<TokenAuthnResult> {
+    this.reviewCount++;
     let status: TokenReviewStatus;
     try {
       status = await this.options.reviewer.review(
@@ -84,11 +161,14 @@ export class TokenAuthenticator {
       };
     }
 
-    const refused = (message: string): TokenAuthnResult => ({
-      ok: false,
-      status: "UNAUTHENTICATED",
-      message,
-    });
+    const refused = (message: string): TokenAuthnResult => {
+      // A definite "no" from the API server: asking again within seconds would get the same answer.
+      if (this.rejections.size >= this.limit) {
+        this.rejections.delete(this.rejections.keys().next().value as string);
+      }
+      this.rejections.set(key, { message, until: now + (this.options.negativeTtlMs ?? 10_000) });
+      return { ok: false, status: "UNAUTHENTICATED", message };
+    };
     if (status.authenticated !== true) {
       return refused(`token rejected by the Kubernetes API server${status.error ? `: ${status.error}` : ""}`);
     }
@@ -128,6 +208,43 @@ function serviceAccountOf(username: string | undefined): ServiceIdentity | null 
   if (rest.length > 0 || namespace === undefined || serviceAccount === undefined) return null;
   if (!isDnsLabel(namespace) || !isDnsSubdomain(serviceAccount)) return null;
   return { serviceAccount, namespace };
+}
+
+/**
+ * Why `token` cannot be a projected ServiceAccount token for `audience` right now, judged from
+ * its claims alone (nothing is verified here: only the TokenReview can accept a token), or null.
+ */
+export function checkJwt(token: string, audience: string, now: number): string | null {
+  const parts = token.split(".");
+  if (parts.length !== 3 || parts.some((part) => !/^[A-Za-z0-9_-]+$/.test(part))) {
+    return "bearer token is not a JWT (header.payload.signature, base64url)";
+  }
+  const header = jsonObject(parts[0] as string);
+  const claims = jsonObject(parts[1] as string);
+  if (header === null || claims === null) return "bearer token is not a JWT (header or payload is not JSON)";
+  if (typeof header.alg !== "string" || header.alg === "none") return "bearer token is not a signed JWT";
+  const aud = typeof claims.aud === "string" ? [claims.aud] : claims.aud;
+  if (!Array.isArray(aud) || !aud.includes(audience)) {
+    return `token is not meant for audience "${audience}" (project a ServiceAccount token with audience ${audience})`;
+  }
+  if (typeof claims.exp === "number" && claims.exp * 1000 + JWT_LEEWAY_MS <= now) {
+    return `token expired at ${new Date(claims.exp * 1000).toISOString()}`;
+  }
+  if (typeof claims.nbf === "number" && claims.nbf * 1000 - JWT_LEEWAY_MS > now) {
+    return `token is not valid before ${new Date(claims.nbf * 1000).toISOString()}`;
+  }
+  return null;
+}
+
+function jsonObject(segment: string): Record<string, unknown> | null {
+  try {
+    const value: unknown = JSON.parse(Buffer.from(segment, "base64url").toString("utf8"));
+    return typeof value === "object" && value !== null && !Array.isArray(value)
+      ? (value as Record<string, unknown>)
+      : null;
+  } catch {
+    return null;
+  }
 }
 
 /**

@@ -3,7 +3,7 @@
 // keeps every byte it hands out identical to the input, and verifies the self-signature with
 // node's native crypto; it is fuzzed and cross-checked against @peculiar/x509 in the unit tests.
 
-import { createPublicKey, type JsonWebKey, type KeyObject, sign, verify } from "node:crypto";
+import { checkPrimeSync, createPublicKey, type JsonWebKey, type KeyObject, sign, verify } from "node:crypto";
 import { decodePemBlocks } from "../pem.js";
 import { CertificateError, encodeName, ext, signerFor } from "./certificate.js";
 import {
@@ -12,24 +12,22 @@ import {
   checkWellFormed,
   DerError,
   DerReader,
-  decodeOid,
   derBitString,
   derConstructed,
+  derNull,
   derOid,
   derSequence,
   derSet,
   derSmallInteger,
   encodingOf,
-  isStringTag,
   readBitString,
   readBoolean,
-  readIa5String,
   readOid,
   readSmallInteger,
-  readString,
   TAG,
   type Tlv,
 } from "./der.js";
+import { emptyGeneralNames, type GeneralNames, parseName, parseSubjectAltName } from "./names.js";
 import { describeOid, OID, WEAK_CURVES } from "./oids.js";
 
 export type CsrErrorCode =
@@ -187,34 +185,6 @@ function parse(der: Buffer): ParsedCsr {
 // ---------------------------------------------------------------------------------------------
 // Subject
 
-/** Every attribute of a Name, in order, with string values decoded and the rest as "#" + DER hex. */
-function parseName(der: Buffer, tlv: Tlv, what: string): { oid: string; value: string; isString: boolean }[] {
-  const attributes: { oid: string; value: string; isString: boolean }[] = [];
-  const rdnLabel = `${what} RDN`;
-  const attributeLabel = `${what} attribute`;
-  const valueLabel = `${what} attribute value`;
-  const rdns = new DerReader(der, tlv.start, tlv.end);
-  while (!rdns.done) {
-    const set = rdns.expect(TAG.SET, rdnLabel);
-    if (set.start === set.end) throw new DerError(`${what}: empty RDN`);
-    const rdn = rdns.enter(set);
-    while (!rdn.done) {
-      const atv = rdn.enter(rdn.expect(TAG.SEQUENCE, attributeLabel));
-      const oid = readOid(der, atv.expect(TAG.OID, attributeLabel));
-      const value = atv.read(valueLabel);
-      atv.expectEnd(attributeLabel);
-      if (isStringTag(value.tag)) {
-        attributes.push({ oid, value: readString(der, value, valueLabel), isString: true });
-      } else {
-        // Values we do not decode are still held to DER framing all the way down.
-        checkWellFormed(der, value.start - value.headerLength, value.end);
-        attributes.push({ oid, value: `#${encodingOf(der, value).toString("hex")}`, isString: false });
-      }
-    }
-  }
-  return attributes;
-}
-
 function parseSubject(
   der: Buffer,
   tlv: Tlv,
@@ -252,7 +222,42 @@ const CURVE_BY_OID: ReadonlyMap<string, { curve: "P-256" | "P-384"; size: number
 ]);
 
 const MIN_RSA_BITS = 2048;
-const MAX_RSA_BITS = 8192;
+/** DESIGN.md §6 allows RSA up to 4096 bits; larger keys only cost verification time. */
+const MAX_RSA_BITS = 4096;
+const RSA_ALGORITHM = derSequence(derOid(OID.rsaEncryption), derNull());
+
+/** The product of the odd primes below 4096: gcd(n, it) > 1 finds any small factor in one step. */
+const SMALL_PRIMES_PRODUCT: bigint = (() => {
+  let product = 1n;
+  const sieve = new Uint8Array(4096);
+  for (let p = 3; p < sieve.length; p += 2) {
+    if (sieve[p] === 1) continue;
+    product *= BigInt(p);
+    for (let m = p * p; m < sieve.length; m += 2 * p) sieve[m] = 1;
+  }
+  return product;
+})();
+
+function gcd(a: bigint, b: bigint): bigint {
+  let [x, y] = [a, b];
+  while (y !== 0n) [x, y] = [y, x % y];
+  return x;
+}
+
+/**
+ * A modulus with a small factor, or a prime one, is no RSA key: its private exponent follows from
+ * public data. Costs about 1 ms (2048 bits) to 25 ms (4096 bits); RSA requests are rare and
+ * authenticated before they get here.
+ */
+function checkRsaModulusStrength(modulus: Buffer): void {
+  const n = BigInt(`0x${modulus.toString("hex")}`);
+  if ((n & 1n) === 0n || gcd(n, SMALL_PRIMES_PRODUCT) !== 1n) {
+    throw new CsrError("CSR_WEAK_KEY", "RSA modulus has a small prime factor: this is not a usable RSA key");
+  }
+  if (checkPrimeSync(n, { checks: 2 })) {
+    throw new CsrError("CSR_WEAK_KEY", "RSA modulus is prime: anyone could derive its private key");
+  }
+}
 
 function parsePublicKey(der: Buffer, tlv: Tlv): ParsedKey {
   const spkiReader = new DerReader(der, tlv.start, tlv.end);
@@ -293,10 +298,15 @@ function parsePublicKey(der: Buffer, tlv: Tlv): ParsedKey {
     }
     // SEC 1 §2.3.3: 0x04 ‖ X ‖ Y, or the compressed 0x02/0x03 ‖ X.
     const form = keyBytes[0];
-    const valid =
-      (form === 0x04 && keyBytes.length === 1 + 2 * known.size) ||
-      ((form === 0x02 || form === 0x03) && keyBytes.length === 1 + known.size);
-    if (!valid) {
+    if ((form === 0x02 || form === 0x03) && keyBytes.length === 1 + known.size) {
+      // Certified as sent, a compressed point yields a certificate Go's crypto/x509 (and so most
+      // control planes) cannot parse; every key generator can produce the uncompressed form.
+      throw new CsrError(
+        "CSR_UNSUPPORTED_KEY",
+        "compressed EC points are not supported (Go's crypto/x509 cannot read certificates carrying them); send the uncompressed form (0x04 ‖ X ‖ Y)",
+      );
+    }
+    if (form !== 0x04 || keyBytes.length !== 1 + 2 * known.size) {
       throw malformed(`EC public key is not a ${known.curve} point encoding (${keyBytes.length} bytes)`);
     }
     return { info: { spki, algorithm: "ec", curve: known.curve }, keyBytes };
@@ -306,7 +316,12 @@ function parsePublicKey(der: Buffer, tlv: Tlv): ParsedKey {
     // RFC 3279 §2.3.1 says NULL; an absent parameter is tolerated as OpenSSL and Go do.
     if (params !== undefined) checkNull(params, "rsaEncryption parameters");
     const rsaBits = checkRsaPublicKey(der, keyTlv.start + 1, keyTlv.end);
-    return { info: { spki, algorithm: "rsa", rsaBits }, keyBytes };
+    // Re-encoded with the NULL parameters RFC 3279 requires: certified without them, Go's
+    // crypto/x509 refuses the certificate. Same key, canonical bytes.
+    return {
+      info: { spki: derSequence(RSA_ALGORITHM, derBitString(keyBytes)), algorithm: "rsa", rsaBits },
+      keyBytes,
+    };
   }
 
   if (algorithmOid === OID.rsassaPss) {
@@ -347,6 +362,7 @@ function checkRsaPublicKey(der: Buffer, start: number, end: number): number {
       `RSA key of ${bits} bits is above the ${MAX_RSA_BITS}-bit maximum`,
     );
   }
+  checkRsaModulusStrength(der.subarray(first, modulus.end));
   // Exponents must be odd and ≥ 3 to be a usable RSA key; above 2^31 - 1 is refused as Go does.
   const expLength = exponent.end - exponent.start;
   if (expLength > 4 + (der[exponent.start] === 0 ? 1 : 0)) {
@@ -436,26 +452,13 @@ function parseSignatureAlgorithm(der: Buffer, tlv: Tlv, key: CsrPublicKey): { oi
 // ---------------------------------------------------------------------------------------------
 // Attributes: extensionRequest (PKCS#9), with subjectAltName and basicConstraints read in full
 
-interface RequestedExtensions {
-  dnsNames: string[];
-  uris: string[];
-  ipAddresses: string[];
-  emailAddresses: string[];
-  otherSanCount: number;
+interface RequestedExtensions extends GeneralNames {
   requestsCa: boolean;
   extensionOids: string[];
 }
 
 function parseAttributes(der: Buffer, tlv: Tlv | undefined): RequestedExtensions {
-  const out: RequestedExtensions = {
-    dnsNames: [],
-    uris: [],
-    ipAddresses: [],
-    emailAddresses: [],
-    otherSanCount: 0,
-    requestsCa: false,
-    extensionOids: [],
-  };
+  const out: RequestedExtensions = { ...emptyGeneralNames(), requestsCa: false, extensionOids: [] };
   if (tlv === undefined) return out;
   const attributes = new DerReader(der, tlv.start, tlv.end);
   let sawExtensionRequest = false;
@@ -513,87 +516,6 @@ function parseBasicConstraints(der: Buffer, value: Tlv): boolean {
   if (pathLen !== undefined) checkIntegerContent(der, pathLen, "basicConstraints.pathLenConstraint");
   constraints.expectEnd("basicConstraints");
   return ca !== undefined && readBoolean(der, ca, "basicConstraints.cA");
-}
-
-function parseSubjectAltName(der: Buffer, value: Tlv, out: RequestedExtensions): void {
-  const names = extensionContent(der, value, TAG.SEQUENCE, "subjectAltName");
-  if (names.done) throw malformed("subjectAltName is empty");
-  while (!names.done) {
-    const name = names.read("GeneralName");
-    switch (name.tag) {
-      case TAG.CONTEXT_PRIMITIVE | 1:
-        out.emailAddresses.push(readIa5String(der, name.start, name.end, "rfc822Name SAN"));
-        break;
-      case TAG.CONTEXT_PRIMITIVE | 2:
-        out.dnsNames.push(readIa5String(der, name.start, name.end, "dNSName SAN"));
-        break;
-      case TAG.CONTEXT_PRIMITIVE | 6:
-        out.uris.push(readIa5String(der, name.start, name.end, "URI SAN"));
-        break;
-      case TAG.CONTEXT_PRIMITIVE | 7:
-        out.ipAddresses.push(formatIp(der.subarray(name.start, name.end)));
-        break;
-      case TAG.CONTEXT_CONSTRUCTED | 0: {
-        // otherName ::= SEQUENCE { type-id OID, value [0] EXPLICIT ANY } (implicitly tagged [0]).
-        const other = new DerReader(der, name.start, name.end);
-        readOid(der, other.expect(TAG.OID, "otherName type-id"));
-        const explicit = other.enter(other.expect(TAG.CONTEXT_CONSTRUCTED | 0, "otherName value"));
-        const value = explicit.read("otherName value");
-        explicit.expectEnd("otherName value");
-        checkWellFormed(der, value.start - value.headerLength, value.end);
-        other.expectEnd("otherName");
-        out.otherSanCount++;
-        break;
-      }
-      case TAG.CONTEXT_CONSTRUCTED | 4: {
-        const inner = new DerReader(der, name.start, name.end);
-        const directoryName = inner.expect(TAG.SEQUENCE, "directoryName");
-        inner.expectEnd("directoryName");
-        parseName(der, directoryName, "directoryName");
-        out.otherSanCount++;
-        break;
-      }
-      case TAG.CONTEXT_CONSTRUCTED | 3:
-      case TAG.CONTEXT_CONSTRUCTED | 5:
-        // x400Address and ediPartyName: no mesh identity uses them, and implementations disagree on
-        // their encoding (@peculiar reads ediPartyName as explicitly tagged), so they are refused.
-        throw malformed(
-          `subjectAltName ${name.tag === (TAG.CONTEXT_CONSTRUCTED | 3) ? "x400Address" : "ediPartyName"} entries are not supported`,
-        );
-      case TAG.CONTEXT_PRIMITIVE | 8:
-        decodeOid(der.subarray(name.start, name.end));
-        out.otherSanCount++;
-        break;
-      default:
-        throw malformed(`subjectAltName holds an unknown GeneralName tag 0x${name.tag.toString(16)}`);
-    }
-  }
-}
-
-/** SAN iPAddress octets as text: dotted IPv4, or RFC 5952 IPv6 (lower case, longest zero run as "::"). */
-function formatIp(bytes: Buffer): string {
-  if (bytes.length === 4) return `${bytes[0]}.${bytes[1]}.${bytes[2]}.${bytes[3]}`;
-  if (bytes.length !== 16) throw malformed(`iPAddress SAN must be 4 or 16 octets, found ${bytes.length}`);
-  const groups: number[] = [];
-  for (let i = 0; i < 16; i += 2) groups.push(bytes.readUInt16BE(i));
-  let bestStart = -1;
-  let bestLength = 0;
-  for (let i = 0; i < 8; ) {
-    if (groups[i] !== 0) {
-      i++;
-      continue;
-    }
-    let j = i;
-    while (j < 8 && groups[j] === 0) j++;
-    if (j - i > bestLength) {
-      bestStart = i;
-      bestLength = j - i;
-    }
-    i = j;
-  }
-  const hex = (gs: number[]): string => gs.map((g) => g.toString(16)).join(":");
-  if (bestLength < 2) return hex(groups);
-  return `${hex(groups.slice(0, bestStart))}::${hex(groups.slice(bestStart + bestLength))}`;
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -614,8 +614,8 @@ export class FakeKubeApiServer {
   }
 
   static async start(options: FakeKubeApiServerOptions = {}): Promise<FakeKubeApiServer> {
-    const ca = makeCa();
-    const serving = issueCert(ca, "kube-apiserver", undefined, "serverAuth", {
+    const ca = await makeCa();
+    const serving = await issueCert(ca, "kube-apiserver", undefined, "serverAuth", {
       dns: [
         "localhost",
         "kubernetes",
@@ -644,7 +644,7 @@ export class FakeKubeApiServer {
       port,
       ca.pem,
       { key: ca.key, der: ca.der },
-      generateKeyPair("ecdsa-p256").privateKey,
+      (await generateKeyPair("ecdsa-p256")).privateKey,
       options,
     );
     server.on("request", (req: IncomingMessage, res: ServerResponse) => {
@@ -744,7 +744,7 @@ export class FakeKubeApiServer {
   }
 
   /** A client certificate signed by the cluster CA: CN is the user name, O the group. */
-  issueClientCertificate(username: string, group?: string): { certPem: string; keyPem: string } {
+  issueClientCertificate(username: string, group?: string): Promise<{ certPem: string; keyPem: string }> {
     return issueCert({ ...this.ca, pem: this.caPem }, username, group, "clientAuth", undefined);
   }
 
@@ -1871,8 +1871,8 @@ interface TestCa {
   readonly pem: string;
 }
 
-function makeCa(): TestCa {
-  const { privateKey, publicKey } = generateKeyPair("ecdsa-p256");
+async function makeCa(): Promise<TestCa> {
+  const { privateKey, publicKey } = await generateKeyPair("ecdsa-p256");
   const spki = publicKey.export({ type: "spki", format: "der" });
   const name = encodeName({ commonName: "kubernetes" });
   const now = Date.now();
@@ -1895,14 +1895,14 @@ function makeCa(): TestCa {
   return { key: privateKey, der, pem: encodePem("CERTIFICATE", der) };
 }
 
-function issueCert(
+async function issueCert(
   ca: TestCa,
   commonName: string,
   organization: string | undefined,
   usage: "serverAuth" | "clientAuth",
   names: { dns: string[]; ips: string[] } | undefined,
-): { certPem: string; keyPem: string } {
-  const { privateKey, publicKey } = generateKeyPair("ecdsa-p256");
+): Promise<{ certPem: string; keyPem: string }> {
+  const { privateKey, publicKey } = await generateKeyPair("ecdsa-p256");
   const spki = publicKey.export({ type: "spki", format: "der" });
   const now = Date.now();
   const caSpki = new X509Certificate(ca.der).publicKey.export({ type: "spki", format: "der" });

@@ -44,13 +44,13 @@ export async function openTestCa(
   });
 }
 
-export function issueWithCa(
+export async function issueWithCa(
   ca: TresorProvider,
   profile: CertificateProfile,
   names: { commonName: string; dnsNames?: string[]; uris?: string[] },
   validityMs = 3_600_000,
-): KeyedCert {
-  const { privateKey } = generateKeyPair("ecdsa-p256");
+): Promise<KeyedCert> {
+  const { privateKey } = await generateKeyPair("ecdsa-p256");
   const csr = createCsr({ privateKey, commonName: names.commonName });
   const issued = ca.issueSync({
     csrPem: encodePem("CERTIFICATE REQUEST", csr),
@@ -65,17 +65,20 @@ export function issueWithCa(
   return { certPem: issued.chainPem.join(""), keyPem: privateKeyToPem(privateKey) };
 }
 
-export function bootstrapCert(
+export async function bootstrapCert(
   ca: TresorProvider,
   identity: ServiceIdentity,
   podUid = randomUUID(),
-): KeyedCert {
-  return issueWithCa(ca, "bootstrap", { commonName: bootstrapCommonName(podUid, identity) });
+): Promise<KeyedCert> {
+  return await issueWithCa(ca, "bootstrap", { commonName: bootstrapCommonName(podUid, identity) });
 }
 
 /** A client cert signed by the real CA key whose validity ended an hour ago. */
-export function expiredBootstrapCert(ca: TresorProvider, identity: ServiceIdentity): KeyedCert {
-  const { privateKey, publicKey } = generateKeyPair("ecdsa-p256");
+export async function expiredBootstrapCert(
+  ca: TresorProvider,
+  identity: ServiceIdentity,
+): Promise<KeyedCert> {
+  const { privateKey, publicKey } = await generateKeyPair("ecdsa-p256");
   const spki = publicKey.export({ type: "spki", format: "der" });
   const now = Date.now();
   const der = buildCertificate(

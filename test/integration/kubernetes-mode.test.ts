@@ -18,9 +18,9 @@ import { statusOf, TestSigningClient } from "../helpers/signing-client.js";
 
 const FAKE = fileURLToPath(new URL("../fakes/kube-apiserver-process.js", import.meta.url));
 
-function csrFor(sa: string, ns: string): string {
+async function csrFor(sa: string, ns: string): Promise<string> {
   const cn = `${sa}.${ns}.cluster.local`;
-  const { privateKey } = generateKeyPair("ecdsa-p256");
+  const { privateKey } = await generateKeyPair("ecdsa-p256");
   return encodePem(
     "CERTIFICATE REQUEST",
     createCsr({
@@ -93,7 +93,7 @@ describe("Kubernetes mode: fake API server, server replicas, token-authenticated
       // The client trusts only the Secret's root: a replica with any other root fails the handshake.
       const client = new TestSigningClient(replica.address, root, undefined, bearer);
       try {
-        const response = await client.create(csrFor("bookstore-v2", "bookstore"));
+        const response = await client.create(await csrFor("bookstore-v2", "bookstore"));
         const leaf = new X509Certificate(response.certificate_chain[0] as string);
         assert.ok(leaf.verify(rootCert.publicKey));
       } finally {
@@ -120,7 +120,7 @@ describe("Kubernetes mode: fake API server, server replicas, token-authenticated
     for (const [name, bearer, expected] of cases) {
       const client = new TestSigningClient(address, root, undefined, bearer);
       try {
-        const result = await statusOf(client.create(csrFor("bookstore-v2", "bookstore")));
+        const result = await statusOf(client.create(await csrFor("bookstore-v2", "bookstore")));
         assert.equal(result.status, expected, `${name}: ${result.details}`);
       } finally {
         client.close();
@@ -134,11 +134,11 @@ describe("Kubernetes mode: fake API server, server replicas, token-authenticated
     await post("/fail", { status: 503, count: 1000, match: { resource: "tokenreviews" } });
     const client = new TestSigningClient(address, root, undefined, bearer);
     try {
-      const failed = await statusOf(client.create(csrFor("bookstore-v2", "bookstore")));
+      const failed = await statusOf(client.create(await csrFor("bookstore-v2", "bookstore")));
       assert.equal(failed.status, "UNAVAILABLE", failed.details);
       await post("/clear", {});
       assert.equal(
-        (await statusOf(client.create(csrFor("bookstore-v2", "bookstore")))).status,
+        (await statusOf(client.create(await csrFor("bookstore-v2", "bookstore")))).status,
         "OK",
         "nothing negative was cached",
       );

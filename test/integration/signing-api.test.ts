@@ -29,8 +29,8 @@ const bookstore = makeIdentity("bookstore-v2", "bookstore");
 const CN = serviceCommonName(bookstore, TRUST_DOMAIN);
 const SPIFFE = spiffeId(bookstore, TRUST_DOMAIN);
 
-function csrFor(names: { cn?: string; dns?: string[]; uris?: string[] } = {}): string {
-  const { privateKey } = generateKeyPair("ecdsa-p256");
+async function csrFor(names: { cn?: string; dns?: string[]; uris?: string[] } = {}): Promise<string> {
+  const { privateKey } = await generateKeyPair("ecdsa-p256");
   const der = createCsr({
     privateKey,
     commonName: names.cn ?? CN,
@@ -62,7 +62,7 @@ describe("signing API", () => {
     const caDir = join(dir.path, "ca");
     ca = await openTestCa(caDir);
     root = ca.trustBundle().roots.join("");
-    bootstrap = bootstrapCert(ca, bookstore);
+    bootstrap = await bootstrapCert(ca, bookstore);
     const flags = parseFlags(
       "server",
       SERVER_FLAGS,
@@ -89,7 +89,7 @@ describe("signing API", () => {
   });
 
   test("signs the caller's own identity: CN, DNS and SPIFFE SANs, usages, chain to the root", async () => {
-    const response = await client.create(csrFor(), 600_000);
+    const response = await client.create(await csrFor(), 600_000);
     const leaf = new X509Certificate(response.certificate_chain[0] as string);
     assert.equal(leaf.subject, `CN=${CN}`);
     assert.equal(leaf.subjectAltName, `DNS:${CN}, URI:${SPIFFE}`);
@@ -111,7 +111,7 @@ describe("signing API", () => {
   });
 
   test("a renewing agent may authenticate with its current service cert", async () => {
-    const { privateKey } = generateKeyPair("ecdsa-p256");
+    const { privateKey } = await generateKeyPair("ecdsa-p256");
     const csr = encodePem(
       "CERTIFICATE REQUEST",
       createCsr({ privateKey, commonName: CN, dnsNames: [CN], uris: [SPIFFE] }),
@@ -123,7 +123,7 @@ describe("signing API", () => {
       keyPem: privateKeyToPem(privateKey),
     });
     try {
-      const second = await renewing.create(csrFor());
+      const second = await renewing.create(await csrFor());
       assert.notEqual(second.serial_number, first.serial_number);
       const audit = log.lines.find((l) => l.serial === second.serial_number);
       assert.equal(audit?.authn, "service-cert");
@@ -133,7 +133,7 @@ describe("signing API", () => {
   });
 
   test("requested validity above the maximum is clamped and says so", async () => {
-    const response = await client.create(csrFor(), 48 * 3_600_000);
+    const response = await client.create(await csrFor(), 48 * 3_600_000);
     assert.equal(response.validity_clamped, true);
     const leaf = new X509Certificate(response.certificate_chain[0] as string);
     assert.ok(Date.parse(leaf.validTo) <= Date.now() + 3_600_000, "never longer than the maximum");
@@ -142,7 +142,7 @@ describe("signing API", () => {
   });
 
   test("bad CSRs: INVALID_ARGUMENT naming the problem", async () => {
-    const good = csrFor();
+    const good = await csrFor();
     const der = Buffer.from(good.replace(/-----[^-]+-----/g, "").replace(/\s/g, ""), "base64");
     const badSig = Buffer.from(der);
     badSig[badSig.length - 5] = (badSig[badSig.length - 5] as number) ^ 0xff;
@@ -182,18 +182,18 @@ describe("signing API", () => {
 
   test("oversized CSR and oversized messages: RESOURCE_EXHAUSTED, server unaffected", async () => {
     const padding = `${"A".repeat(64)}\n`.repeat(130);
-    const huge = csrFor().replace("-----END", `${padding}-----END`);
+    const huge = (await csrFor()).replace("-----END", `${padding}-----END`);
     assert.equal((await statusOf(client.create(huge))).status, "RESOURCE_EXHAUSTED");
     const message = await statusOf(client.create("x".repeat(64 * 1024)));
     assert.equal(message.status, "RESOURCE_EXHAUSTED");
-    assert.equal((await statusOf(client.create(csrFor()))).status, "OK");
+    assert.equal((await statusOf(client.create(await csrFor()))).status, "OK");
   });
 
   test("another identity or CA:true: PERMISSION_DENIED, logged with both identities", async () => {
     const cases: [string, string][] = [
-      ["CN", csrFor({ cn: "bookbuyer.bookbuyer.cluster.local", dns: [], uris: [] })],
-      ["DNS SAN", csrFor({ dns: ["bookbuyer.bookbuyer.cluster.local"] })],
-      ["URI SAN", csrFor({ uris: ["spiffe://cluster.local/ns/bookbuyer/sa/bookbuyer"] })],
+      ["CN", await csrFor({ cn: "bookbuyer.bookbuyer.cluster.local", dns: [], uris: [] })],
+      ["DNS SAN", await csrFor({ dns: ["bookbuyer.bookbuyer.cluster.local"] })],
+      ["URI SAN", await csrFor({ uris: ["spiffe://cluster.local/ns/bookbuyer/sa/bookbuyer"] })],
     ];
     for (const [name, csr] of cases) {
       const result = await statusOf(client.create(csr));
@@ -222,17 +222,17 @@ describe("signing API", () => {
       const foreign = await openTestCa(foreignDir.path);
       const credentials: [string, KeyedCert | undefined][] = [
         ["none", undefined],
-        ["foreign CA", bootstrapCert(foreign, bookstore)],
-        ["expired", expiredBootstrapCert(ca, bookstore)],
+        ["foreign CA", await bootstrapCert(foreign, bookstore)],
+        ["expired", await expiredBootstrapCert(ca, bookstore)],
         [
           "webhook (serverAuth only)",
-          issueWithCa(ca, "webhook", { commonName: "osm-controller.osm-system.svc" }),
+          await issueWithCa(ca, "webhook", { commonName: "osm-controller.osm-system.svc" }),
         ],
       ];
       for (const [name, cert] of credentials) {
         const other = new TestSigningClient(server.address, root, cert);
         try {
-          const result = await statusOf(other.create(csrFor()));
+          const result = await statusOf(other.create(await csrFor()));
           assert.equal(result.status, "UNAUTHENTICATED", `${name}: ${result.details}`);
         } finally {
           other.close();
@@ -241,7 +241,7 @@ describe("signing API", () => {
     } finally {
       await foreignDir.remove();
     }
-    assert.equal((await statusOf(client.create(csrFor()))).status, "OK", "the server keeps serving");
+    assert.equal((await statusOf(client.create(await csrFor()))).status, "OK", "the server keeps serving");
   });
 
   test("WatchTrustBundle sends the bundle now", async () => {

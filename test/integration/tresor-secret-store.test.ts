@@ -120,10 +120,10 @@ test("five replicas starting together on an empty cluster end with one Secret an
 
 test("a Secret whose private.key does not match ca.crt stops start-up and is left untouched", async () => {
   await withCluster(async ({ fake, client }) => {
-    const root = generateRoot(ROOT);
+    const root = await generateRoot(ROOT);
     const rv = seedSecret(fake, {
       "ca.crt": root.caCert,
-      "private.key": generateRoot(ROOT).privateKey,
+      "private.key": (await generateRoot(ROOT)).privateKey,
       expiration: root.expiration,
     });
     await assert.rejects(
@@ -142,7 +142,7 @@ test("a Secret whose private.key does not match ca.crt stops start-up and is lef
 
 test("a Secret missing keys names them and is never overwritten", async () => {
   await withCluster(async ({ fake, client }) => {
-    const root = generateRoot(ROOT);
+    const root = await generateRoot(ROOT);
     const rv = seedSecret(fake, { "ca.crt": root.caCert });
     await assert.rejects(
       TresorProvider.open({ store: new SecretCaStore({ client: client() }), root: ROOT }),
@@ -158,7 +158,7 @@ test("a Secret missing keys names them and is never overwritten", async () => {
 
 test("a root the operator put in the Secret (bring your own CA) is used as is", async () => {
   await withCluster(async ({ fake, client }) => {
-    const own = generateRoot({
+    const own = await generateRoot({
       ...ROOT,
       commonName: "corp.mesh.root",
       organization: "Example Corp",

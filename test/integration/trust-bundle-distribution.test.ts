@@ -28,8 +28,8 @@ const OSM_NS = "osm-system";
 const MESH_LABEL = "openservicemesh.io/monitored-by";
 const MANAGED = { "app.kubernetes.io/managed-by": "osm-cert" };
 const ROOT = { keyAlgorithm: "ecdsa-p256", commonName: "osm.root", validityMs: 87_600 * 3_600_000 } as const;
-const ROOT_1 = generateRoot(ROOT).caCert;
-const ROOT_2 = generateRoot(ROOT).caCert;
+const ROOT_1 = (await generateRoot(ROOT)).caCert;
+const ROOT_2 = (await generateRoot(ROOT)).caCert;
 
 /** The provider's trust-bundle face, with a rotation the test triggers. */
 class TestProvider implements Pick<CertificateProvider, "trustBundle" | "onTrustBundleChange"> {

@@ -591,7 +591,7 @@ test("kubeconfig: YAML as kubectl writes it and JSON; CA data with a token, or c
   const dir = await tempDir();
   try {
     const token = fake.serviceAccountToken(NS, "osm-cert");
-    const admin = fake.issueClientCertificate("kubernetes-admin", "system:masters");
+    const admin = await fake.issueClientCertificate("kubernetes-admin", "system:masters");
     await writeFile(join(dir.path, "admin.crt"), admin.certPem);
     await writeFile(join(dir.path, "admin.key"), admin.keyPem);
     const kubeconfig = {

@@ -11,6 +11,7 @@ const limits: PolicyLimits = {
   trustDomain: "cluster.local",
   maxValidityMs: 86_400_000,
   minValidityMs: 1_000,
+  reservedDnsNames: new Set(["osm-cert.osm-system.svc.cluster.local"]),
 };
 
 function csr(overrides: Partial<ParsedCsr> = {}): ParsedCsr {

@@ -28,9 +28,13 @@ class TableReviewer implements TokenReviewer {
 }
 
 const now = Date.parse("2026-11-28T12:00:00Z");
-const good = jwt({ exp: now / 1000 + 3600 });
-const soon = jwt({ exp: now / 1000 + 10 });
-const otherAudience = jwt({ exp: now / 1000 + 3600, n: 1 });
+const good = jwt({ aud: ["osm-cert"], exp: now / 1000 + 3600 });
+/** Expires ten seconds after the 61 s the cache test advances first. */
+const soon = jwt({ aud: ["osm-cert"], exp: now / 1000 + 71 });
+/** Claims our audience, but the API server's answer does not confirm it. */
+const otherAudience = jwt({ aud: "osm-cert", exp: now / 1000 + 3600, n: 1 });
+const unknown = jwt({ aud: ["osm-cert"], exp: now / 1000 + 3600, n: 2 });
+const userToken = jwt({ aud: ["osm-cert"], exp: now / 1000 + 3600, n: 3 });
 const user = {
   username: "system:serviceaccount:bookstore:bookstore-v2",
   uid: "u1",
@@ -46,7 +50,7 @@ function setup() {
       [good, { authenticated: true, user, audiences: ["osm-cert"] }],
       [soon, { authenticated: true, user, audiences: ["osm-cert"] }],
       [otherAudience, { authenticated: true, user, audiences: ["https://kubernetes.default.svc"] }],
-      ["user-token", { authenticated: true, user: { username: "alice" }, audiences: ["osm-cert"] }],
+      [userToken, { authenticated: true, user: { username: "alice" }, audiences: ["osm-cert"] }],
     ]),
   );
   let clock = now;
@@ -83,13 +87,12 @@ test("positive answers are cached briefly and never past the token's expiry", as
   assert.equal(reviewer.calls, 4, "a token about to expire is not served from cache past its exp");
 });
 
-test("rejected, wrong-audience, non-ServiceAccount and malformed tokens: UNAUTHENTICATED, nothing cached", async () => {
-  const { authn, reviewer } = setup();
+test("rejected, wrong-audience and non-ServiceAccount tokens: UNAUTHENTICATED, only briefly remembered", async () => {
+  const { authn, reviewer, advance } = setup();
   const cases: [string, RegExp][] = [
-    ["unknown-token", /rejected.*invalid bearer token/],
+    [unknown, /rejected.*invalid bearer token/],
     [otherAudience, /audience "osm-cert"/],
-    ["user-token", /not to a ServiceAccount/],
-    ["has space", /malformed/],
+    [userToken, /not to a ServiceAccount/],
   ];
   for (const [token, pattern] of cases) {
     const result = await authn.authenticate(token);
@@ -99,9 +102,60 @@ test("rejected, wrong-audience, non-ServiceAccount and malformed tokens: UNAUTHE
     );
   }
   assert.equal(authn.cacheSize, 0, "no cache poisoning");
-  const before = reviewer.calls;
-  await authn.authenticate("unknown-token");
-  assert.equal(reviewer.calls, before + 1, "a rejection is asked again, not remembered");
+  assert.equal(reviewer.calls, 3);
+  const again = await authn.authenticate(unknown);
+  assert.ok(!again.ok && /invalid bearer token/.test(again.message), "the same answer again");
+  assert.equal(reviewer.calls, 3, "a definite rejection is remembered for a few seconds");
+  advance(11_000);
+  await authn.authenticate(unknown);
+  assert.equal(reviewer.calls, 4, "and asked again after that");
+});
+
+test("tokens that cannot be ours are refused locally, without a TokenReview", async () => {
+  const { authn, reviewer } = setup();
+  const cases: [string, RegExp][] = [
+    ["has space", /malformed/],
+    ["opaque-garbage", /not a JWT/],
+    ["a.b", /not a JWT/],
+    [`${Buffer.from("[]").toString("base64url")}.e30.c2ln`, /not JSON/],
+    [jwt({ exp: now / 1000 + 3600 }), /audience "osm-cert"/],
+    [jwt({ aud: ["https://kubernetes.default.svc"], exp: now / 1000 + 3600 }), /audience "osm-cert"/],
+    [jwt({ aud: "osm-cert", exp: now / 1000 - 3600 }), /expired/],
+    [jwt({ aud: "osm-cert", nbf: now / 1000 + 3600 }), /not valid before/],
+    [
+      `${Buffer.from('{"alg":"none"}').toString("base64url")}.${Buffer.from('{"aud":"osm-cert"}').toString("base64url")}.x`,
+      /not a signed JWT/,
+    ],
+  ];
+  for (const [token, pattern] of cases) {
+    const result = await authn.authenticate(token, "10.0.0.9");
+    assert.ok(!result.ok && result.status === "UNAUTHENTICATED" && pattern.test(result.message), token);
+  }
+  assert.equal(reviewer.calls, 0);
+});
+
+test("one peer cannot make the server flood the API server with TokenReviews", async () => {
+  const { authn, reviewer, advance } = setup();
+  const forged = Array.from({ length: 2_000 }, (_, i) =>
+    jwt({ aud: ["osm-cert"], exp: now / 1000 + 3600, i }),
+  );
+  const results = await Promise.all(forged.map((token) => authn.authenticate(token, "10.0.0.66")));
+  assert.equal(reviewer.calls, 20, "the burst, and nothing more");
+  const exhausted = results.filter((r) => !r.ok && r.status === "RESOURCE_EXHAUSTED");
+  assert.equal(exhausted.length, 2_000 - 20);
+  assert.match((exhausted[0] as { message: string }).message, /retry/);
+  // Another peer (a legitimate agent) is unaffected, and the attacker's budget refills slowly.
+  assert.ok((await authn.authenticate(good, "10.0.0.7")).ok);
+  advance(1_000);
+  await Promise.all(forged.slice(0, 100).map((token) => authn.authenticate(token, "10.0.0.66")));
+  assert.equal(reviewer.calls, 21 + 5, "five more after a second");
+});
+
+test("concurrent calls with one token share one TokenReview", async () => {
+  const { authn, reviewer } = setup();
+  const results = await Promise.all(Array.from({ length: 50 }, () => authn.authenticate(good, "10.0.0.7")));
+  assert.ok(results.every((r) => r.ok));
+  assert.equal(reviewer.calls, 1);
 });
 
 test("TokenReview failures are UNAVAILABLE (retryable) and nothing is cached", async () => {

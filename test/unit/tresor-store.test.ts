@@ -64,7 +64,7 @@ test("partial, corrupt or mismatched material stops start-up and is never overwr
     await TresorProvider.open({ store, root: ROOT });
     const keyBefore = await readFile(join(dir.path, "private.key"), "utf8");
 
-    await writeFile(join(dir.path, "private.key"), generateRoot(ROOT).privateKey);
+    await writeFile(join(dir.path, "private.key"), (await generateRoot(ROOT)).privateKey);
     await assert.rejects(
       TresorProvider.open({ store, root: ROOT }),
       /private\.key does not match the public key in ca\.crt/,
@@ -95,8 +95,8 @@ test("partial, corrupt or mismatched material stops start-up and is never overwr
   }
 });
 
-test("an expired or non-CA root is refused", () => {
-  const expired = generateRoot({ ...ROOT, validityMs: 1_000 }, new Date(Date.now() - 10_000));
+test("an expired or non-CA root is refused", async () => {
+  const expired = await generateRoot({ ...ROOT, validityMs: 1_000 }, new Date(Date.now() - 10_000));
   assert.throws(
     () => loadCa(expired, "test"),
     (e: unknown) => e instanceof CaMaterialError && /expired/.test(e.message),

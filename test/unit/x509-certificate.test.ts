@@ -1,10 +1,11 @@
 import assert from "node:assert/strict";
 import { execFileSync, spawnSync } from "node:child_process";
-import { createPrivateKey, generateKeyPairSync, X509Certificate } from "node:crypto";
+import { createPrivateKey, generateKeyPair as generateKeyPairCallback, X509Certificate } from "node:crypto";
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, test } from "node:test";
+import { promisify } from "node:util";
 import { generateKeyPair, type KeyAlgorithm } from "../../common/keys.js";
 import { encodePem } from "../../common/pem.js";
 import {
@@ -43,8 +44,8 @@ interface Ca {
   readonly signer: ReturnType<typeof signerFor>;
 }
 
-function makeRoot(alg: KeyAlgorithm, commonName = "osm.root"): Ca {
-  const { privateKey, publicKey } = generateKeyPair(alg);
+async function makeRoot(alg: KeyAlgorithm, commonName = "osm.root"): Promise<Ca> {
+  const { privateKey, publicKey } = await generateKeyPair(alg);
   const spki = publicKey.export({ format: "der", type: "spki" });
   const keyId = keyIdentifier(spki);
   const name = encodeName({ commonName, organization: "Open Service Mesh" });
@@ -69,12 +70,12 @@ function makeRoot(alg: KeyAlgorithm, commonName = "osm.root"): Ca {
   return { der, pem: encodePem("CERTIFICATE", der), keyId, signer };
 }
 
-function serviceLeaf(
+async function serviceLeaf(
   ca: Ca,
   overrides: Partial<CertificateFields> = {},
   leafAlg: KeyAlgorithm = "ecdsa-p256",
 ) {
-  const { privateKey } = generateKeyPair(leafAlg);
+  const { privateKey } = await generateKeyPair(leafAlg);
   const csr = parseCsrDer(
     createCsr({ privateKey, commonName: SERVICE_CN, dnsNames: [SERVICE_CN], uris: [SPIFFE] }),
   );
@@ -111,29 +112,32 @@ function opensslVerify(rootPem: string, leafPem: string, extra: string[] = []): 
   return `${r.stdout}${r.stderr}`.trim() + (r.status === 0 ? "" : ` (exit ${r.status})`);
 }
 
-test("openssl verify accepts a root and a leaf built here, for every CA key type", () => {
+test("openssl verify accepts a root and a leaf built here, for every CA key type", async () => {
   for (const alg of ["ecdsa-p256", "ecdsa-p384", "rsa-2048"] as const) {
-    const root = makeRoot(alg);
-    const leaf = serviceLeaf(root);
+    const root = await makeRoot(alg);
+    const leaf = await serviceLeaf(root);
     const leafFile = join(dir, "leaf.pem");
     assert.equal(opensslVerify(root.pem, leaf.pem), `${leafFile}: OK`, alg);
     assert.equal(opensslVerify(root.pem, leaf.pem, ["-purpose", "sslserver"]), `${leafFile}: OK`, alg);
     assert.equal(opensslVerify(root.pem, leaf.pem, ["-purpose", "sslclient"]), `${leafFile}: OK`, alg);
     assert.equal(opensslVerify(root.pem, root.pem), `${leafFile}: OK`, `${alg} root verifies itself`);
     // A leaf from another root must not verify: openssl is actually checking something.
-    assert.match(opensslVerify(makeRoot("ecdsa-p256").pem, leaf.pem), /unable to get local issuer|error/);
+    assert.match(
+      opensslVerify((await makeRoot("ecdsa-p256")).pem, leaf.pem),
+      /unable to get local issuer|error/,
+    );
   }
   // An RSA leaf under an EC root (EC leaves under RSA and P-384 roots are covered above).
-  const ecRoot = makeRoot("ecdsa-p256");
-  assert.match(opensslVerify(ecRoot.pem, serviceLeaf(ecRoot, {}, "rsa-2048").pem), /: OK$/);
+  const ecRoot = await makeRoot("ecdsa-p256");
+  assert.match(opensslVerify(ecRoot.pem, (await serviceLeaf(ecRoot, {}, "rsa-2048")).pem), /: OK$/);
 });
 
 test("node's X509Certificate and @peculiar/x509 read back every field", async () => {
-  const root = makeRoot("ecdsa-p256");
+  const root = await makeRoot("ecdsa-p256");
   const notBefore = new Date("2030-03-04T05:06:07.890Z");
   const notAfter = new Date("2030-03-05T05:06:07.890Z");
   const serialNumber = hex("4a5b6c7d8e9fa0b1c2d3e4f506172839");
-  const leaf = serviceLeaf(root, { notBefore, notAfter, serialNumber });
+  const leaf = await serviceLeaf(root, { notBefore, notAfter, serialNumber });
 
   const node = new X509Certificate(leaf.der);
   assert.equal(node.subject, `CN=${SERVICE_CN}`);
@@ -211,14 +215,14 @@ test("node's X509Certificate and @peculiar/x509 read back every field", async ()
   assert.equal(await rootCert.isSelfSigned(), true);
 });
 
-test("validity crosses into GeneralizedTime from 2050 and round-trips exactly", () => {
-  const root = makeRoot("ecdsa-p256");
+test("validity crosses into GeneralizedTime from 2050 and round-trips exactly", async () => {
+  const root = await makeRoot("ecdsa-p256");
   for (const [notBefore, notAfter] of [
     ["2049-12-31T23:59:58Z", "2049-12-31T23:59:59Z"],
     ["2049-12-31T23:59:59Z", "2050-01-01T00:00:00Z"],
     ["2026-01-01T00:00:00Z", "2126-06-30T12:34:56Z"],
   ] as const) {
-    const leaf = serviceLeaf(root, { notBefore: new Date(notBefore), notAfter: new Date(notAfter) });
+    const leaf = await serviceLeaf(root, { notBefore: new Date(notBefore), notAfter: new Date(notAfter) });
     const node = new X509Certificate(leaf.der);
     assert.equal(new Date(node.validFrom).toISOString(), new Date(notBefore).toISOString());
     assert.equal(new Date(node.validTo).toISOString(), new Date(notAfter).toISOString());
@@ -232,7 +236,7 @@ test("validity crosses into GeneralizedTime from 2050 and round-trips exactly", 
   }
 });
 
-test("keyIdentifier is RFC 5280 method 1, as OpenSSL computes subjectKeyIdentifier", () => {
+test("keyIdentifier is RFC 5280 method 1, as OpenSSL computes subjectKeyIdentifier", async () => {
   const key = join(dir, "ossl.key");
   const crt = join(dir, "ossl.crt");
   for (const newkey of [
@@ -273,7 +277,7 @@ test("keyIdentifier is RFC 5280 method 1, as OpenSSL computes subjectKeyIdentifi
     const subject = certificateSubjectDer(der);
     assert.ok(der.includes(subject));
     assert.equal(new x509.Name(subject).toString(), "C=US, O=Acme, CN=acme root");
-    const { publicKey } = generateKeyPair("ecdsa-p256");
+    const { publicKey } = await generateKeyPair("ecdsa-p256");
     const leaf = buildCertificate(
       {
         serialNumber: randomSerialNumber(),
@@ -290,13 +294,11 @@ test("keyIdentifier is RFC 5280 method 1, as OpenSSL computes subjectKeyIdentifi
   }
   assert.throws(() => keyIdentifier(hex("3000")), isCertificateError);
   assert.throws(() => certificateSubjectDer(hex("300300")), isCertificateError);
-  assert.throws(
-    () => certificateSpkiDer(Buffer.concat([makeRoot("ecdsa-p256").der, hex("00")])),
-    isCertificateError,
-  );
+  const trailing = Buffer.concat([(await makeRoot("ecdsa-p256")).der, hex("00")]);
+  assert.throws(() => certificateSpkiDer(trailing), isCertificateError);
 });
 
-test("extensions encode to the exact DER RFC 5280 prescribes", () => {
+test("extensions encode to the exact DER RFC 5280 prescribes", async () => {
   assert.deepEqual(ext.basicConstraints(false), hex("30 0c 0603551d13 0101ff 0402 3000"));
   assert.deepEqual(ext.basicConstraints(true), hex("30 0f 0603551d13 0101ff 0405 3003 0101ff"));
   assert.deepEqual(ext.basicConstraints(true, 0), hex("30 12 0603551d13 0101ff 0408 3006 0101ff 020100"));
@@ -329,7 +331,7 @@ test("extensions encode to the exact DER RFC 5280 prescribes", () => {
   assert.throws(() => ext.subjectKeyIdentifier(Buffer.alloc(0)), isCertificateError);
 });
 
-test("IP SANs encode as @peculiar/x509 encodes them", () => {
+test("IP SANs encode as @peculiar/x509 encodes them", async () => {
   for (const ip of [
     "10.0.0.1",
     "0.0.0.0",
@@ -373,7 +375,7 @@ function expandMixed(ip: string): string {
   return `${ip.slice(0, at + 1)}${((a << 8) | b).toString(16)}:${((c << 8) | d).toString(16)}`;
 }
 
-test("names are O then CN, as UTF8String", () => {
+test("names are O then CN, as UTF8String", async () => {
   const name = encodeName({ commonName: "osm.root", organization: "Open Service Mesh" });
   assert.equal(new x509.Name(name).toString(), "O=Open Service Mesh, CN=osm.root");
   assert.deepEqual(
@@ -387,7 +389,7 @@ test("names are O then CN, as UTF8String", () => {
   assert.throws(() => encodeName({ commonName: "x", organization: "" }), isCertificateError);
 });
 
-test("serial numbers are random, positive, non-zero and 16 octets", () => {
+test("serial numbers are random, positive, non-zero and 16 octets", async () => {
   const seen = new Set<string>();
   for (let i = 0; i < 2000; i++) {
     const serial = randomSerialNumber();
@@ -398,8 +400,8 @@ test("serial numbers are random, positive, non-zero and 16 octets", () => {
   assert.equal(seen.size, 2000);
 });
 
-test("buildCertificate refuses fields that would make an invalid certificate", () => {
-  const root = makeRoot("ecdsa-p256");
+test("buildCertificate refuses fields that would make an invalid certificate", async () => {
+  const root = await makeRoot("ecdsa-p256");
   const now = Date.now();
   const bad: [string, Partial<CertificateFields>][] = [
     ["zero serial", { serialNumber: hex("0000") }],
@@ -412,30 +414,30 @@ test("buildCertificate refuses fields that would make an invalid certificate", (
     ["spki not DER", { spki: hex("30") }],
   ];
   for (const [what, overrides] of bad)
-    assert.throws(() => serviceLeaf(root, overrides), isCertificateError, what);
+    await assert.rejects(serviceLeaf(root, overrides), isCertificateError, what);
   // 20 octets with the top bit set still fits: the sign octet does not count against RFC 5280's limit.
-  assert.doesNotThrow(() => serviceLeaf(root, { serialNumber: Buffer.alloc(20, 0x7f) }));
+  await assert.doesNotReject(serviceLeaf(root, { serialNumber: Buffer.alloc(20, 0x7f) }));
   // No extensions at all is a v3 certificate without the [3] field.
-  const plain = serviceLeaf(root, { extensions: [] });
+  const plain = await serviceLeaf(root, { extensions: [] });
   assert.equal(new X509Certificate(plain.der).subject, `CN=${SERVICE_CN}`);
 });
 
-test("signerFor picks the hash and AlgorithmIdentifier from the CA key", () => {
-  const p256 = signerFor(generateKeyPair("ecdsa-p256").privateKey);
+test("signerFor picks the hash and AlgorithmIdentifier from the CA key", async () => {
+  const p256 = signerFor((await generateKeyPair("ecdsa-p256")).privateKey);
   assert.equal(p256.hash, "sha256");
   assert.deepEqual(p256.algorithmIdentifier, hex("300a 0608 2a8648ce3d040302"));
-  const p384 = signerFor(generateKeyPair("ecdsa-p384").privateKey);
+  const p384 = signerFor((await generateKeyPair("ecdsa-p384")).privateKey);
   assert.equal(p384.hash, "sha384");
   assert.deepEqual(p384.algorithmIdentifier, hex("300a 0608 2a8648ce3d040303"));
-  const rsaKey = generateKeyPair("rsa-2048").privateKey;
+  const rsaKey = (await generateKeyPair("rsa-2048")).privateKey;
   const rsa = signerFor(rsaKey);
   assert.equal(rsa.hash, "sha256");
   assert.deepEqual(rsa.algorithmIdentifier, hex("300d 0609 2a864886f70d01010b 0500"));
   assert.equal(signerFor(rsaKey), rsa, "one signer per key");
-  assert.throws(() => signerFor(generateKeyPairSync("ed25519").privateKey), isCertificateError);
-  assert.throws(
-    () => signerFor(generateKeyPairSync("ec", { namedCurve: "P-521" }).privateKey),
-    isCertificateError,
-  );
-  assert.throws(() => signerFor(generateKeyPair("ecdsa-p256").publicKey), isCertificateError);
+  const ed25519 = await promisify(generateKeyPairCallback)("ed25519");
+  assert.throws(() => signerFor(ed25519.privateKey), isCertificateError);
+  const p521 = await promisify(generateKeyPairCallback)("ec", { namedCurve: "P-521" });
+  assert.throws(() => signerFor(p521.privateKey), isCertificateError);
+  const p256Public = (await generateKeyPair("ecdsa-p256")).publicKey;
+  assert.throws(() => signerFor(p256Public), isCertificateError);
 });

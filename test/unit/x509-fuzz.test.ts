@@ -257,9 +257,9 @@ function seedFrom(name: string, der: Buffer, key: KeyObject, hash: string): Seed
   return { name, der, info, algorithm, hash, key };
 }
 
-function makeSeeds(): Seed[] {
-  const p256 = generateKeyPair("ecdsa-p256").privateKey;
-  const rsa = generateKeyPair("rsa-2048").privateKey;
+async function makeSeeds(): Promise<Seed[]> {
+  const p256 = (await generateKeyPair("ecdsa-p256")).privateKey;
+  const rsa = (await generateKeyPair("rsa-2048")).privateKey;
   const cn = "bookstore-v2.bookstore.cluster.local";
   const spiffe = "spiffe://cluster.local/ns/bookstore/sa/bookstore-v2";
   const ours = createCsr({ privateKey: p256, commonName: cn, dnsNames: [cn], uris: [spiffe] });
@@ -340,7 +340,7 @@ function makeSeeds(): Seed[] {
   ];
 }
 
-const seeds = makeSeeds();
+const seeds = await makeSeeds();
 
 function report(tally: Map<Outcome, number>): string {
   return [...tally.entries()]

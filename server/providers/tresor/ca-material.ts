@@ -39,8 +39,8 @@ export interface LoadedCa {
   readonly privateKey: KeyObject;
 }
 
-export function generateRoot(options: RootOptions, now = new Date()): CaMaterial {
-  const { privateKey, publicKey } = generateKeyPair(options.keyAlgorithm);
+export async function generateRoot(options: RootOptions, now = new Date()): Promise<CaMaterial> {
+  const { privateKey, publicKey } = await generateKeyPair(options.keyAlgorithm);
   const spki = publicKey.export({ type: "spki", format: "der" });
   const name = encodeName({ commonName: options.commonName, organization: options.organization });
   const keyId = keyIdentifier(spki);

@@ -57,7 +57,7 @@ export class TresorProvider implements CertificateProvider {
     let material = await options.store.load();
     let created = false;
     if (material === null) {
-      const fresh = generateRoot(options.root);
+      const fresh = await generateRoot(options.root);
       material = await options.store.createIfAbsent(fresh);
       created = material === fresh;
     }
