@@ -121,22 +121,22 @@ export class Rotator {
       this.options.validityMs,
       this.options.requestTimeoutMs ?? 15_000,
     );
-    // The answer came over the channel whose server proved the signing server's identity, so its
-    // bundle is a bundle from the authenticated server (as on WatchTrustBundle); it is adopted first,
-    // which lets a leaf under a just-published root verify, and the chain is then checked against
-    // the roots the agent holds, never against anything else in the answer.
+    // The chain is checked against the roots this agent already holds, never against anything in
+    // the answer; only then is the answer's bundle adopted: it came over the channel whose server
+    // proved the signing server's identity, like a bundle on WatchTrustBundle. (A new root reaches
+    // agents through the bundle first, before anything is signed with it: root rotation's order.)
+    const certificate = this.accept(response, privateKey);
     const bundle = response.trust_bundle?.root_certificates.join("") ?? "";
     if (bundle !== "") {
       try {
         this.options.trust.adopt(bundle);
       } catch (error) {
-        throw new SignerError(
-          "INTERNAL",
-          `server returned an unusable trust bundle: ${(error as Error).message}`,
+        this.options.logger.error(
+          { event: "trust_bundle.rejected", error: (error as Error).message },
+          "ignoring an unusable trust bundle in the signing answer",
         );
       }
     }
-    const certificate = this.accept(response, privateKey);
     this.options.cache.setCertificate(certificate);
     if (this.options.bootstrap !== null) {
       this.options.tls.setIdentity(certificate.certChainPem, certificate.privateKeyPem);

@@ -3,9 +3,10 @@
 // The key is made here and written next to the cert, as the pod's bootstrap Secret needs it.
 
 import { randomUUID } from "node:crypto";
-import { mkdir, writeFile } from "node:fs/promises";
+import { mkdir } from "node:fs/promises";
 import { join } from "node:path";
-import { FlagError, type FlagTable, parseFlags } from "../common/flags.js";
+import { writeFileAtomic } from "../common/files.js";
+import { FlagError, type FlagTable, HelpRequested, parseFlags } from "../common/flags.js";
 import { bootstrapCommonName, makeIdentity, webhookCommonName } from "../common/identity.js";
 import { generateKeyPair, privateKeyToPem } from "../common/keys.js";
 import { createLogger } from "../common/logger.js";
@@ -44,8 +45,18 @@ const WEBHOOK_FLAGS = {
   service: { kind: "string", help: "the webhook's Service name", required: true },
 } as const satisfies FlagTable;
 
+const ISSUE_USAGE = `Usage: osm-cert issue <kind> [flags]
+
+Kinds:
+  bootstrap  an xDS bootstrap certificate for a pod (CN <uuid>.<sa>.<ns>, clientAuth)
+  webhook    a webhook serving certificate (CN <service>.<namespace>.svc, serverAuth)
+
+Run \`osm-cert issue <kind> --help\` for its flags.
+`;
+
 export async function issueCommand(argv: readonly string[]): Promise<void> {
   const [kind, ...rest] = argv;
+  if (kind === "--help" || kind === "-h" || kind === "help") throw new HelpRequested(ISSUE_USAGE);
   if (kind === "bootstrap") {
     const flags = parseFlags("issue bootstrap", BOOTSTRAP_FLAGS, rest);
     const cn = wrap(() =>
@@ -107,9 +118,9 @@ async function issueToDirectory(options: {
     validityMs: options.validity,
   });
   await mkdir(options.out, { recursive: true, mode: 0o700 });
-  await writeFile(join(options.out, "tls.crt"), issued.chainPem.join(""), { mode: 0o644 });
-  await writeFile(join(options.out, "tls.key"), privateKeyToPem(privateKey), { mode: 0o600 });
-  await writeFile(join(options.out, "ca.crt"), provider.trustBundle().roots.join(""), { mode: 0o644 });
+  await writeFileAtomic(join(options.out, "tls.key"), privateKeyToPem(privateKey), 0o600);
+  await writeFileAtomic(join(options.out, "tls.crt"), issued.chainPem.join(""), 0o644);
+  await writeFileAtomic(join(options.out, "ca.crt"), provider.trustBundle().roots.join(""), 0o644);
   logger.info(
     {
       event: "certificate.issued",

@@ -33,8 +33,19 @@ function usage(): string {
   return `${lines.join("\n")}\n`;
 }
 
+/** The version in package.json, which ships beside dist/ (in the image too). */
+async function version(): Promise<string> {
+  const { readFile } = await import("node:fs/promises");
+  const text = await readFile(new URL("../../package.json", import.meta.url), "utf8");
+  return (JSON.parse(text) as { version: string }).version;
+}
+
 async function main(argv: readonly string[]): Promise<number> {
   const [name, ...rest] = argv;
+  if (name === "--version" || name === "-v" || name === "version") {
+    process.stdout.write(`osm-cert ${await version()}\n`);
+    return 0;
+  }
   if (name === undefined || name === "--help" || name === "-h" || name === "help") {
     process.stdout.write(usage());
     return name === undefined ? 2 : 0;
@@ -62,12 +73,16 @@ async function main(argv: readonly string[]): Promise<number> {
   }
 }
 
+// A failed command exits now: whatever it started before failing (a file watcher, a socket) must
+// not keep a process alive that a pod would then never restart. stderr is synchronous for files
+// and pipes, so the message is out before the exit.
 main(process.argv.slice(2)).then(
   (code) => {
-    process.exitCode = code;
+    if (code === 0) process.exitCode = 0;
+    else process.exit(code);
   },
   (error: unknown) => {
     process.stderr.write(`osm-cert: ${String(error)}\n`);
-    process.exitCode = 1;
+    process.exit(1);
   },
 );

@@ -61,8 +61,8 @@ export function parseFlags<T extends FlagTable>(
   argv: readonly string[],
   env: NodeJS.ProcessEnv = process.env,
 ): ParsedFlags<T> {
-  const options: Record<string, { type: "string" | "boolean"; multiple?: boolean }> = {
-    help: { type: "boolean" },
+  const options: Record<string, { type: "string" | "boolean"; multiple?: boolean; short?: string }> = {
+    help: { type: "boolean", short: "h" },
   };
   for (const [name, spec] of Object.entries(table)) {
     options[name] =

@@ -2,7 +2,7 @@
 // a log line: at most a short prefix, every non-printable or non-ASCII character escaped, so what an
 // attacker chooses can neither bloat a gRPC status past its metadata limit nor forge log lines.
 
-const DEFAULT_MAX_CHARS = 64;
+const DEFAULT_MAX_CHARS = 48;
 
 export function quote(value: string, maxChars = DEFAULT_MAX_CHARS): string {
   const chars = Array.from(value);

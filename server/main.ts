@@ -4,6 +4,7 @@ import { X509Certificate } from "node:crypto";
 import { isIP } from "node:net";
 import * as grpc from "@grpc/grpc-js";
 import { AdminServer, parseHostPort } from "../common/admin-http.js";
+import { formatDuration } from "../common/duration.js";
 import { FlagError, type ParsedFlags, parseFlags } from "../common/flags.js";
 import type { KeyAlgorithm } from "../common/keys.js";
 import { waitForSignal } from "../common/lifecycle.js";
@@ -162,7 +163,7 @@ export function checkServerFlags(flags: ServerFlags): void {
   }
   if (min > max) {
     throw new FlagError(
-      `server: invalid --min-cert-validity: ${min} ms is longer than --service-cert-validity-duration (${max} ms)`,
+      `server: invalid --min-cert-validity: ${formatDuration(min)} is longer than --service-cert-validity-duration (${formatDuration(max)})`,
     );
   }
   if (flags["serving-cert-validity"] < 60_000) {

@@ -68,6 +68,11 @@ interface Encoded {
 }
 
 const PENDING: SecretResolution = { status: "pending" };
+/**
+ * Encoded Secrets kept at once. OSM's names carry free-form suffixes, so clients choose how many
+ * distinct names exist; the least recently used encoding is dropped past this and rebuilt on demand.
+ */
+export const MAX_ENCODED_NAMES = 128;
 
 export class SecretResources {
   private readonly source: SecretSource;
@@ -102,6 +107,11 @@ export class SecretResources {
     }
   }
 
+  /** Encodings held now (bounded by MAX_ENCODED_NAMES). */
+  get encodedCount(): number {
+    return this.encoded.size;
+  }
+
   /** Drops encodings of superseded content, so names nobody asks for any more do not pin old keys. */
   prune(): void {
     const cert = this.source.snapshot().certificate;
@@ -117,7 +127,12 @@ export class SecretResources {
     build: (name: string, from: T) => { secret: Secret; publicPart: string },
   ): ResolvedSecret {
     const cached = this.encoded.get(name);
-    if (cached !== undefined && cached.from === from) return cached.secret;
+    if (cached !== undefined && cached.from === from) {
+      // Map order is the eviction order: a hit moves the name to the young end.
+      this.encoded.delete(name);
+      this.encoded.set(name, cached);
+      return cached.secret;
+    }
     const { secret, publicPart } = build(name, from);
     const resolved: ResolvedSecret = {
       name,
@@ -127,6 +142,9 @@ export class SecretResources {
       version: createHash("sha256").update(publicPart).digest("hex").slice(0, 16),
       resource: { type_url: SECRET_TYPE_URL, value: encodeSecret(secret) },
     };
+    this.encoded.delete(name);
+    if (this.encoded.size >= MAX_ENCODED_NAMES)
+      this.encoded.delete(this.encoded.keys().next().value as string);
     this.encoded.set(name, { from, secret: resolved });
     return resolved;
   }

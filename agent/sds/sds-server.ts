@@ -13,6 +13,7 @@ import * as grpc from "@grpc/grpc-js";
 import type { ServiceIdentity } from "../../common/identity.js";
 import type { Logger } from "../../common/logger.js";
 import type { Counter, Gauge, MetricsRegistry } from "../../common/metrics.js";
+import { shorten } from "../../common/quote.js";
 import {
   type AnyMessage,
   type DeltaDiscoveryRequest,
@@ -37,6 +38,13 @@ const FETCH_DEADLINE_MARGIN_MS = 25;
 const MAX_ENCODED_SETS = 64;
 /** close() lets streams end gracefully for this long before cutting connections. */
 const SHUTDOWN_GRACE_MS = 2_000;
+/**
+ * Names one stream may ask for at once. Envoy asks for one per secret config; anything near this
+ * is a misbehaving client, and per-name state must stay bounded whatever a client sends.
+ */
+export const MAX_NAMES_PER_STREAM = 64;
+/** Unknown names warned about per stream; past this, one line says further ones go unlogged. */
+const MAX_WARNED_NAMES = 16;
 
 export interface SdsServerOptions {
   /** The secrets to serve and their change events (a SecretCache). */
@@ -90,6 +98,10 @@ function sameNames(a: readonly string[], b: readonly string[]): boolean {
   return b.every((n) => set.has(n));
 }
 
+function tooManyNames(count: number): string {
+  return `${count} secret names on one stream; at most ${MAX_NAMES_PER_STREAM} are served (Envoy asks for one per secret config)`;
+}
+
 function typeUrlError(typeUrl: string): string {
   return `type_url "${typeUrl}" is not served here: this Secret Discovery Service serves only ${SECRET_TYPE_URL}`;
 }
@@ -134,6 +146,11 @@ export class SdsServer {
 
   get streamCount(): number {
     return this.sotwStreams.size + this.deltaStreams.size;
+  }
+
+  /** Secrets kept encoded now; bounded whatever names clients send (resources.ts). */
+  get encodedSecretCount(): number {
+    return this.resources.encodedCount;
   }
 
   /** Serves SDS on `socketPath` with file mode `mode` (0o600 or 0o660): the mode is the access control. */
@@ -271,11 +288,22 @@ export class SdsServer {
 
   private warnUnknown(streamId: number, warned: Set<string>, names: Iterable<string>): void {
     for (const name of names) {
+      if (warned.size > MAX_WARNED_NAMES) return;
       if (warned.has(name)) continue;
       const classification = this.resources.classify(name);
       if (classification.kind !== "unknown") continue;
       warned.add(name);
-      this.logger.warn({ event: "sds.unknown_resource", stream: streamId, name }, classification.reason);
+      if (warned.size > MAX_WARNED_NAMES) {
+        this.logger.warn(
+          { event: "sds.unknown_resource", stream: streamId },
+          `more than ${MAX_WARNED_NAMES} unknown secret names on this stream; further ones are not logged`,
+        );
+        return;
+      }
+      this.logger.warn(
+        { event: "sds.unknown_resource", stream: streamId, name: shorten(name, 128) },
+        classification.reason,
+      );
     }
   }
 
@@ -348,6 +376,10 @@ export class SdsServer {
         { event: "sds.stale_request", stream: stream.id, nonce },
         "ignoring SDS request with a stale nonce",
       );
+      return;
+    }
+    if (request.resource_names.length > MAX_NAMES_PER_STREAM) {
+      this.reject(this.sotwStreams, stream, tooManyNames(request.resource_names.length));
       return;
     }
     const namesChanged = nonce === "" || !sameNames(stream.resourceNames, request.resource_names);
@@ -435,6 +467,11 @@ export class SdsServer {
     if (!stream.started) {
       stream.started = true;
       // What Envoy already holds from before a reconnect: not re-sent while still current.
+      const initial = Object.keys(request.initial_resource_versions).length;
+      if (initial > MAX_NAMES_PER_STREAM) {
+        this.reject(this.deltaStreams, stream, tooManyNames(initial));
+        return;
+      }
       for (const [name, version] of Object.entries(request.initial_resource_versions)) {
         stream.clientVersions.set(name, version);
       }
@@ -463,6 +500,10 @@ export class SdsServer {
       stream.clientVersions.delete(name);
     }
     for (const name of request.resource_names_subscribe) stream.subscribed.add(name);
+    if (stream.subscribed.size > MAX_NAMES_PER_STREAM) {
+      this.reject(this.deltaStreams, stream, tooManyNames(stream.subscribed.size));
+      return;
+    }
     this.warnUnknown(stream.id, stream.warned, request.resource_names_subscribe);
     // Subscription changes are applied whatever the nonce: in the incremental protocol they are
     // deltas, and dropping one would lose it. Only what differs from Envoy's versions is sent.

@@ -9,9 +9,13 @@ import { createRequire } from "node:module";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, before, test } from "node:test";
+import { setTimeout as sleep } from "node:timers/promises";
+import { setFlagsFromString } from "node:v8";
+import { runInNewContext } from "node:vm";
 import * as grpc from "@grpc/grpc-js";
 import { loadSync } from "@grpc/proto-loader";
-import { SdsServer } from "../../agent/sds/sds-server.js";
+import { MAX_ENCODED_NAMES } from "../../agent/sds/resources.js";
+import { MAX_NAMES_PER_STREAM, SdsServer } from "../../agent/sds/sds-server.js";
 import { SecretCache, type WorkloadCertificate } from "../../agent/secret-cache.js";
 import type { ServiceIdentity } from "../../common/identity.js";
 import { MetricsRegistry } from "../../common/metrics.js";
@@ -723,4 +727,56 @@ test("the pruned reflection JSON reads and writes exactly what Envoy's canonical
     "chain",
   );
   assert.equal(Buffer.from(decoded.tls_certificate?.private_key?.inline_bytes ?? []).toString(), "key");
+});
+
+test("per-name state stays bounded under name churn: 60,000 distinct names, heap flat", async () => {
+  setFlagsFromString("--expose-gc");
+  const gc = runInNewContext("gc") as () => void;
+  const h = await start();
+  try {
+    const round = async (from: number) => {
+      // Not h.stream(): the harness keeps its streams (and their responses) until close.
+      const stream = new SdsStream(h.client);
+      const names = Array.from({ length: 50 }, (_, i) => `root-cert-for-mtls-inbound:churn-${from + i}`);
+      stream.request(names);
+      const response = await mustReceive(stream, 0);
+      assert.equal(decodeSecrets(response).length, 50);
+      stream.end();
+    };
+    for (let i = 0; i < 10_000; i += 50) await round(i);
+    gc();
+    const before = process.memoryUsage().heapUsed;
+    for (let i = 10_000; i < 60_000; i += 50) await round(i);
+    gc();
+    const grown = (process.memoryUsage().heapUsed - before) / 1024 / 1024;
+    assert.ok(
+      h.server.encodedSecretCount <= MAX_ENCODED_NAMES,
+      `${h.server.encodedSecretCount} encodings held`,
+    );
+    assert.ok(grown < 10, `heap grew ${grown.toFixed(1)} MB over 50,000 more names`);
+  } finally {
+    await h.close();
+  }
+});
+
+test("a stream naming more than the per-stream limit is ended with a reason; others are unaffected", async () => {
+  const h = await start();
+  try {
+    const greedy = h.stream();
+    greedy.request(Array.from({ length: MAX_NAMES_PER_STREAM + 1 }, (_, i) => `ROOTCA-${i}`));
+    await assert.rejects(greedy.next(0, WAIT_MS), (e: grpc.ServiceError) => {
+      return e.code === grpc.status.INVALID_ARGUMENT && /at most 64 are served/.test(e.details);
+    });
+    const fine = h.stream();
+    fine.request(["default"]);
+    assert.ok(byName(await mustReceive(fine, 0)).has("default"));
+    // Unknown names are warned about a bounded number of times per stream.
+    const noisy = h.stream();
+    noisy.request(Array.from({ length: 60 }, (_, i) => `nonsense-${i}`));
+    await sleep(200);
+    const warned = h.logs.filter((l) => l.event === "sds.unknown_resource");
+    assert.ok(warned.length <= 17, `${warned.length} unknown-name lines`);
+  } finally {
+    await h.close();
+  }
 });

@@ -1,6 +1,7 @@
 import assert from "node:assert/strict";
 import { execFileSync, spawnSync } from "node:child_process";
 import {
+  checkPrimeSync,
   createPublicKey,
   ECDH,
   generateKeyPair as generateKeyPairCallback,
@@ -335,14 +336,51 @@ test("RSA keys need a usable public exponent", async () => {
   rejects(() => parseCsrDer(csrWith(2 ** 32 + 1)), "CSR_UNSUPPORTED_KEY", /too large/);
   // The real exponent verifies, so the policy above is all that stood in the way.
   assert.equal(parseCsrDer(csrWith(65537)).publicKey.rsaBits, 2048);
-  // An absent NULL parameter is tolerated, as OpenSSL and Go do.
+  // An absent NULL parameter is tolerated, as OpenSSL and Go do, and the key is re-encoded with it:
+  // certified as sent, Go's crypto/x509 refuses the certificate (issue 11, finding 6).
   const noNull = derSequence(
     derSequence(derOid(OID.rsaEncryption)),
     derBitString(derSequence(derInteger(n), derSmallInteger(65537))),
   );
-  assert.equal(
-    parseCsrDer(signed(infoOf({ spki: noNull }), privateKey, ALG_RSA_SHA256)).publicKey.rsaBits,
-    2048,
+  const canonical = parseCsrDer(signed(infoOf({ spki: noNull }), privateKey, ALG_RSA_SHA256)).publicKey;
+  assert.equal(canonical.rsaBits, 2048);
+  assert.deepEqual(canonical.spki, spkiWith(65537));
+});
+
+test("obviously weak RSA moduli are refused: a small factor, or a prime (issue 11, finding 5)", () => {
+  // Signatures are never reached: the key policy refuses first, whatever the signature says.
+  const csrWithModulus = (modulus: bigint): Buffer => {
+    const bytes = Buffer.from(modulus.toString(16).padStart(512, "0"), "hex");
+    const spki = derSequence(
+      derSequence(derOid(OID.rsaEncryption), derNull()),
+      derBitString(derSequence(derInteger(bytes), derSmallInteger(65537))),
+    );
+    return derSequence(infoOf({ spki }), ALG_RSA_SHA256, derBitString(Buffer.alloc(256, 1)));
+  };
+  const top = 1n << 2047n;
+  // Divisible by 3: the top bit set keeps it a 2048-bit number.
+  const byThree = top + (3n - (top % 3n)) + 6n;
+  rejects(() => parseCsrDer(csrWithModulus(byThree)), "CSR_WEAK_KEY", /small prime factor/);
+  rejects(
+    () => parseCsrDer(csrWithModulus(top + 1n + 2n * 4093n)),
+    "CSR_WEAK_KEY",
+    /small prime factor|prime/,
+  );
+  // A 2048-bit prime: the first probable prime above 2^2047 + 2^1000.
+  let candidate = top + (1n << 1000n) + 1n;
+  while (!checkPrimeSync(candidate)) candidate += 2n;
+  rejects(() => parseCsrDer(csrWithModulus(candidate)), "CSR_WEAK_KEY", /modulus is prime/);
+  // RSA above 4096 bits is refused (DESIGN.md §6 allows 2048–4096).
+  const big = Buffer.alloc(514, 0xff);
+  big[0] = 0x00;
+  const bigSpki = derSequence(
+    derSequence(derOid(OID.rsaEncryption), derNull()),
+    derBitString(derSequence(derInteger(big.subarray(1)), derSmallInteger(65537))),
+  );
+  rejects(
+    () => parseCsrDer(derSequence(infoOf({ spki: bigSpki }), ALG_RSA_SHA256, derBitString(Buffer.alloc(8)))),
+    "CSR_UNSUPPORTED_KEY",
+    /above the 4096-bit maximum/,
   );
 });
 

@@ -95,6 +95,8 @@ export function loadCa(material: CaMaterial, where: string, now = Date.now()): L
   if (!certificate.checkPrivateKey(privateKey)) {
     throw new CaMaterialError(`${where}: private.key does not match the public key in ca.crt`);
   }
+  const weakness = rootKeyWeakness(privateKey);
+  if (weakness !== null) throw new CaMaterialError(`${where}: ${weakness}`);
   const notAfter = new Date(certificate.validTo);
   const expiration = new Date(material.expiration.trim());
   if (Number.isNaN(expiration.getTime())) {
@@ -109,6 +111,27 @@ export function loadCa(material: CaMaterial, where: string, now = Date.now()): L
     throw new CaMaterialError(`${where}: the root certificate expired at ${notAfter.toISOString()}`);
   }
   return { certificate, certificatePem: encodePem("CERTIFICATE", der), certificateDer: der, privateKey };
+}
+
+/**
+ * A root must be at least as strong as the leaves it signs (CSR policy: RSA ≥ 2048, P-256 or P-384):
+ * a weaker root is the cheapest way to forge any workload's identity.
+ */
+function rootKeyWeakness(key: KeyObject): string | null {
+  const details = key.asymmetricKeyDetails;
+  if (key.asymmetricKeyType === "rsa") {
+    const bits = details?.modulusLength ?? 0;
+    return bits >= 2048
+      ? null
+      : `the root key is RSA-${bits}, weaker than the RSA-2048 minimum for any key in the mesh`;
+  }
+  if (key.asymmetricKeyType === "ec") {
+    const curve = details?.namedCurve;
+    return curve === "prime256v1" || curve === "secp384r1"
+      ? null
+      : `the root key is on curve ${curve ?? "unknown"}; use P-256 or P-384 (or RSA ≥ 2048)`;
+  }
+  return `the root key type ${key.asymmetricKeyType ?? "unknown"} is not supported; use ECDSA P-256/P-384 or RSA ≥ 2048`;
 }
 
 function describe(error: unknown): string {

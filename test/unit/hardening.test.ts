@@ -1,0 +1,165 @@
+// Issue 11's process-level defences that need no server: the agent's trust in what the signing
+// server returns, key generation that cannot deadlock, and liveness that notices a stalled loop.
+
+import assert from "node:assert/strict";
+import { spawn } from "node:child_process";
+import { join } from "node:path";
+import { after, test } from "node:test";
+import { setTimeout as sleep } from "node:timers/promises";
+import { Rotator } from "../../agent/rotator.js";
+import { SecretCache } from "../../agent/secret-cache.js";
+import { AgentTrust } from "../../agent/trust.js";
+import { AdminServer } from "../../common/admin-http.js";
+import { makeIdentity } from "../../common/identity.js";
+import { MetricsRegistry } from "../../common/metrics.js";
+import { MutableCertificateProvider } from "../../common/tls-material.js";
+import { parseCsrPem } from "../../common/x509/csr.js";
+import type { CreateCertificateResponse } from "../../proto/signing-api.js";
+import type { TresorProvider } from "../../server/providers/tresor/tresor.js";
+import { captureLog } from "../helpers/log-capture.js";
+import { openTestCa, tempDir } from "../helpers/pki.js";
+
+const identity = makeIdentity("bookstore-v2", "bookstore");
+const CN = "bookstore-v2.bookstore.cluster.local";
+const SPIFFE = "spiffe://cluster.local/ns/bookstore/sa/bookstore-v2";
+const dirs: Awaited<ReturnType<typeof tempDir>>[] = [];
+after(async () => {
+  for (const dir of dirs) await dir.remove();
+});
+
+async function newCa(): Promise<TresorProvider> {
+  const dir = await tempDir();
+  dirs.push(dir);
+  return openTestCa(join(dir.path, "ca"));
+}
+
+/** A signer that answers with a leaf from `ca` and the bundle `bundle`, as a (rogue) server could. */
+function signerFrom(ca: TresorProvider, bundle: readonly string[]) {
+  return {
+    async createCertificate(csrPem: string, validityMs: number): Promise<CreateCertificateResponse> {
+      const issued = await ca.issue({
+        csrPem,
+        csr: parseCsrPem(csrPem),
+        profile: "service",
+        commonName: CN,
+        dnsNames: [CN],
+        uris: [SPIFFE],
+        ipAddresses: [],
+        validityMs,
+      });
+      return {
+        certificate_chain: [...issued.chainPem],
+        trust_bundle: { trust_domain: "cluster.local", root_certificates: [...bundle], version: "x" },
+        serial_number: issued.serialNumber,
+        not_before: null,
+        not_after: null,
+        validity_clamped: false,
+      } as unknown as CreateCertificateResponse;
+    },
+  };
+}
+
+function rotatorWith(mesh: TresorProvider, signer: ReturnType<typeof signerFrom>) {
+  const cache = new SecretCache();
+  const tls = new MutableCertificateProvider();
+  const trust = new AgentTrust(cache, tls, mesh.trustBundle().roots.join(""));
+  const rotator = new Rotator({
+    identity,
+    trustDomain: "cluster.local",
+    keyAlgorithm: "ecdsa-p256",
+    validityMs: 3_600_000,
+    rotationFraction: 0.5,
+    signer,
+    cache,
+    trust,
+    tls,
+    bootstrap: null,
+    logger: captureLog().logger,
+    metrics: new MetricsRegistry(),
+  });
+  return { rotator, cache };
+}
+
+test("finding 1: a leaf chained to a root carried only in the same answer is refused, and that root is not adopted", async () => {
+  const mesh = await newCa();
+  const attacker = await newCa();
+  const { rotator, cache } = rotatorWith(mesh, signerFrom(attacker, attacker.trustBundle().roots));
+  const before = cache.snapshot().trustBundlePem;
+  await assert.rejects(rotator.rotateNow(), /does not chain to the mesh roots this agent holds/);
+  assert.equal(cache.snapshot().trustBundlePem, before, "trust unchanged");
+  assert.equal(cache.validCertificate(), null, "nothing served");
+});
+
+test("an answer from the mesh CA is served, and its bundle (old + new root) adopted after the check", async () => {
+  const mesh = await newCa();
+  const next = await newCa();
+  const bundle = [...mesh.trustBundle().roots, ...next.trustBundle().roots];
+  const { rotator, cache } = rotatorWith(mesh, signerFrom(mesh, bundle));
+  const cert = await rotator.rotateNow();
+  assert.equal(cache.validCertificate(), cert);
+  assert.equal(cache.snapshot().trustBundlePem, bundle.join(""));
+});
+
+test("key generation cannot deadlock: the real start-up paths looped in a child process finish", async () => {
+  // On Node 20.20, generateKeyPairSync followed by reading asymmetricKeyDetails hung the main
+  // thread within seconds; these are the paths that used to do it (root creation, the server's
+  // serving certificate, `osm-cert issue`, CSR signing).
+  const script = `
+    const { generateRoot } = await import(${JSON.stringify(new URL("../../server/providers/tresor/ca-material.js", import.meta.url).href)});
+    const { loadCa } = await import(${JSON.stringify(new URL("../../server/providers/tresor/ca-material.js", import.meta.url).href)});
+    const { generateKeyPair } = await import(${JSON.stringify(new URL("../../common/keys.js", import.meta.url).href)});
+    const { createCsr, parseCsrDer } = await import(${JSON.stringify(new URL("../../common/x509/csr.js", import.meta.url).href)});
+    const { signerFor } = await import(${JSON.stringify(new URL("../../common/x509/certificate.js", import.meta.url).href)});
+    for (let i = 0; i < 300; i++) {
+      const root = await generateRoot({ keyAlgorithm: "ecdsa-p256", commonName: "r", validityMs: 3600000 });
+      loadCa(root, "loop");
+    }
+    for (let i = 0; i < 3000; i++) {
+      const { privateKey } = await generateKeyPair("ecdsa-p256");
+      signerFor(privateKey);
+      parseCsrDer(createCsr({ privateKey, commonName: "x" }));
+    }
+    process.stdout.write("done");
+  `;
+  const child = spawn(process.execPath, ["--input-type=module", "-e", script], {
+    stdio: ["ignore", "pipe", "pipe"],
+  });
+  let out = "";
+  let err = "";
+  child.stdout.on("data", (d: Buffer) => (out += d));
+  child.stderr.on("data", (d: Buffer) => (err += d));
+  const finished = await Promise.race([
+    new Promise<number | null>((resolve) => child.on("exit", (code) => resolve(code))),
+    sleep(90_000).then(() => "hung" as const),
+  ]);
+  if (finished === "hung") child.kill("SIGKILL");
+  assert.equal(finished, 0, `child ${finished === "hung" ? "hung" : `exited ${finished}`}: ${err}`);
+  assert.equal(out, "done");
+});
+
+test("/healthz fails after the event loop stalled, while readiness is judged apart", async () => {
+  const admin = new AdminServer({
+    metrics: new MetricsRegistry(),
+    notReadyReason: () => null,
+    stallThresholdMs: 300,
+  });
+  const { port } = await admin.listen({ host: "127.0.0.1", port: 0 });
+  try {
+    assert.equal((await fetch(`http://127.0.0.1:${port}/healthz`)).status, 200);
+    const until = Date.now() + 1_200;
+    while (Date.now() < until) {
+      // A stuck loop, as a runaway computation or a deadlocked native call makes it.
+    }
+    await sleep(700);
+    const response = await fetch(`http://127.0.0.1:${port}/healthz`);
+    assert.equal(response.status, 503);
+    assert.match(await response.text(), /event loop stalled for \d+\.\d s/);
+    assert.equal(
+      (await fetch(`http://127.0.0.1:${port}/readyz`)).status,
+      200,
+      "readiness is a separate question",
+    );
+  } finally {
+    await admin.close();
+  }
+});
