@@ -170,6 +170,7 @@ interface DisconnectFault {
 
 const DNS_SUBDOMAIN = /^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$/;
 const DNS_LABEL = /^[a-z0-9]([-a-z0-9]*[a-z0-9])?$/;
+const DNS_1035_LABEL = /^[a-z]([-a-z0-9]*[a-z0-9])?$/;
 const DATA_KEY = /^[-._a-zA-Z0-9]+$/;
 const BASE64 = /^(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?$/;
 
@@ -458,6 +459,262 @@ const MUTATING_WEBHOOK_CONFIGURATIONS: ResourceDef = {
   },
 };
 
+// The kinds a Helm install of helm/osm-cert creates (apps/v1, policy/v1, rbac.authorization.k8s.io/v1,
+// networking.k8s.io/v1 references, and the Prometheus Operator's ServiceMonitor CRD). Validation
+// covers the API server's checks a chart can trip over: a Deployment selector that does not match
+// its template labels, RBAC rules without verbs/groups/resources, a binding without or changing its
+// roleRef, a Service without ports. Schema-level checks are left to kubernetes-models in the tests.
+// Simplifications: no controllers run (no ReplicaSets, Pods or status); ServiceMonitors are served as
+// if the Prometheus Operator's CRD were installed.
+
+function field(reason: FieldError["reason"], path: string, message: string): FieldError {
+  return { reason, field: path, message };
+}
+
+function labelsMatch(selector: Json | undefined, labels: Json | undefined): boolean {
+  if (!isObject(selector)) return false;
+  const have = isObject(labels) ? labels : {};
+  const wanted = isObject(selector.matchLabels) ? selector.matchLabels : {};
+  if (Object.entries(wanted).some(([key, value]) => have[key] !== value)) return false;
+  const expressions = Array.isArray(selector.matchExpressions) ? selector.matchExpressions : [];
+  return expressions.every((e) => {
+    if (!isObject(e) || typeof e.key !== "string") return false;
+    const values = Array.isArray(e.values) ? e.values : [];
+    const value = have[e.key];
+    switch (e.operator) {
+      case "In":
+        return typeof value === "string" && values.includes(value);
+      case "NotIn":
+        return typeof value !== "string" || !values.includes(value);
+      case "Exists":
+        return value !== undefined;
+      case "DoesNotExist":
+        return value === undefined;
+      default:
+        return false;
+    }
+  });
+}
+
+const SERVICE_ACCOUNTS: ResourceDef = {
+  group: "",
+  version: "v1",
+  plural: "serviceaccounts",
+  kind: "ServiceAccount",
+  namespaced: true,
+  stored: true,
+  fieldSelectors: ["metadata.name", "metadata.namespace"],
+};
+
+// The service CIDR 10.96.0.0/12, handed out in order (no reuse: fakes are short-lived).
+let clusterIpsAllocated = 0;
+function allocateClusterIp(): string {
+  clusterIpsAllocated++;
+  return `10.96.${Math.floor(clusterIpsAllocated / 254) % 256}.${1 + (clusterIpsAllocated % 254)}`;
+}
+
+const SERVICES: ResourceDef = {
+  group: "",
+  version: "v1",
+  plural: "services",
+  kind: "Service",
+  namespaced: true,
+  stored: true,
+  fieldSelectors: ["metadata.name", "metadata.namespace", "spec.clusterIP", "spec.type"],
+  prepare(object, previous) {
+    if (!isObject(object.spec)) return [field("FieldValueRequired", "spec.ports", "Required value")];
+    const spec = object.spec;
+    spec.type ??= "ClusterIP";
+    spec.sessionAffinity ??= "None";
+    const errors: FieldError[] = [];
+    const ports = Array.isArray(spec.ports) ? spec.ports : [];
+    if (ports.length === 0 && spec.type !== "ExternalName")
+      errors.push(field("FieldValueRequired", "spec.ports", "Required value"));
+    ports.forEach((port, index) => {
+      if (!isObject(port)) return;
+      port.protocol ??= "TCP";
+      port.targetPort ??= port.port ?? null;
+      if (ports.length > 1 && (typeof port.name !== "string" || port.name === ""))
+        errors.push(field("FieldValueRequired", `spec.ports[${index}].name`, "Required value"));
+    });
+    // The allocator assigns the ClusterIP once; it never changes afterwards.
+    const previousIp = isObject(previous?.spec) ? previous.spec.clusterIP : undefined;
+    if (spec.type !== "ExternalName" && spec.clusterIP !== "None") {
+      const ip = typeof previousIp === "string" ? previousIp : allocateClusterIp();
+      spec.clusterIP = ip;
+      spec.clusterIPs = [ip];
+    }
+    return errors;
+  },
+};
+
+const DEPLOYMENTS: ResourceDef = {
+  group: "apps",
+  version: "v1",
+  plural: "deployments",
+  kind: "Deployment",
+  namespaced: true,
+  stored: true,
+  fieldSelectors: ["metadata.name", "metadata.namespace"],
+  prepare(object, previous) {
+    const spec = isObject(object.spec) ? object.spec : {};
+    const template = isObject(spec.template) ? spec.template : {};
+    const labels = isObject(template.metadata) ? template.metadata.labels : undefined;
+    const podSpec = isObject(template.spec) ? template.spec : {};
+    const errors: FieldError[] = [];
+    if (!isObject(spec.selector)) {
+      errors.push(field("FieldValueRequired", "spec.selector", "Required value"));
+    } else if (!labelsMatch(spec.selector, labels)) {
+      errors.push(
+        field(
+          "FieldValueInvalid",
+          "spec.template.metadata.labels",
+          `Invalid value: ${JSON.stringify(labels ?? {})}: \`selector\` does not match template \`labels\``,
+        ),
+      );
+    }
+    if (!Array.isArray(podSpec.containers) || podSpec.containers.length === 0)
+      errors.push(field("FieldValueRequired", "spec.template.spec.containers", "Required value"));
+    if (previous !== undefined && isObject(previous.spec)) {
+      if (canonical(previous.spec.selector ?? null) !== canonical(spec.selector ?? null))
+        errors.push(field("FieldValueInvalid", "spec.selector", "Invalid value: field is immutable"));
+    }
+    spec.replicas ??= 1;
+    return errors;
+  },
+};
+
+const POD_DISRUPTION_BUDGETS: ResourceDef = {
+  group: "policy",
+  version: "v1",
+  plural: "poddisruptionbudgets",
+  kind: "PodDisruptionBudget",
+  namespaced: true,
+  stored: true,
+  fieldSelectors: ["metadata.name", "metadata.namespace"],
+  prepare(object) {
+    const spec = isObject(object.spec) ? object.spec : {};
+    if (spec.minAvailable !== undefined && spec.maxUnavailable !== undefined)
+      return [
+        field(
+          "FieldValueInvalid",
+          "spec",
+          "Invalid value: minAvailable and maxUnavailable cannot be both set",
+        ),
+      ];
+    return [];
+  },
+};
+
+function ruleErrors(object: JsonObject, clusterScoped: boolean): FieldError[] {
+  const rules = Array.isArray(object.rules) ? object.rules : [];
+  const errors: FieldError[] = [];
+  rules.forEach((rule, index) => {
+    const at = `rules[${index}]`;
+    if (!isObject(rule)) return;
+    const nonEmpty = (v: Json | undefined) => Array.isArray(v) && v.length > 0;
+    if (!nonEmpty(rule.verbs))
+      errors.push(
+        field("FieldValueRequired", `${at}.verbs`, "Required value: verbs must contain at least one value"),
+      );
+    if (nonEmpty(rule.nonResourceURLs)) {
+      if (!clusterScoped)
+        errors.push(
+          field(
+            "FieldValueInvalid",
+            `${at}.nonResourceURLs`,
+            "Invalid value: namespaced rules cannot apply to non-resource URLs",
+          ),
+        );
+      return;
+    }
+    if (!nonEmpty(rule.apiGroups))
+      errors.push(
+        field(
+          "FieldValueRequired",
+          `${at}.apiGroups`,
+          "Required value: resource rules must supply at least one api group",
+        ),
+      );
+    if (!nonEmpty(rule.resources))
+      errors.push(
+        field(
+          "FieldValueRequired",
+          `${at}.resources`,
+          "Required value: resource rules must supply at least one resource",
+        ),
+      );
+  });
+  return errors;
+}
+
+function bindingErrors(object: JsonObject, previous: JsonObject | undefined): FieldError[] {
+  const roleRef = object.roleRef;
+  if (!isObject(roleRef) || typeof roleRef.name !== "string" || roleRef.name === "")
+    return [field("FieldValueRequired", "roleRef.name", "Required value")];
+  if (previous !== undefined && canonical(previous.roleRef ?? null) !== canonical(roleRef))
+    return [
+      field(
+        "FieldValueInvalid",
+        "roleRef",
+        `Invalid value: ${JSON.stringify(roleRef)}: cannot change roleRef`,
+      ),
+    ];
+  return [];
+}
+
+const rbac = (
+  plural: string,
+  kind: string,
+  namespaced: boolean,
+  prepare: ResourceDef["prepare"],
+): ResourceDef => ({
+  group: "rbac.authorization.k8s.io",
+  version: "v1",
+  plural,
+  kind,
+  namespaced,
+  stored: true,
+  fieldSelectors: namespaced ? ["metadata.name", "metadata.namespace"] : ["metadata.name"],
+  ...(prepare === undefined ? {} : { prepare }),
+});
+
+const ROLES = rbac("roles", "Role", true, (object) => ruleErrors(object, false));
+const CLUSTER_ROLES = rbac("clusterroles", "ClusterRole", false, (object) => ruleErrors(object, true));
+const ROLE_BINDINGS = rbac("rolebindings", "RoleBinding", true, bindingErrors);
+const CLUSTER_ROLE_BINDINGS = rbac("clusterrolebindings", "ClusterRoleBinding", false, bindingErrors);
+
+const NETWORK_POLICIES: ResourceDef = {
+  group: "networking.k8s.io",
+  version: "v1",
+  plural: "networkpolicies",
+  kind: "NetworkPolicy",
+  namespaced: true,
+  stored: true,
+  fieldSelectors: ["metadata.name", "metadata.namespace"],
+  prepare(object) {
+    if (!isObject(object.spec) || !isObject(object.spec.podSelector))
+      return [field("FieldValueRequired", "spec.podSelector", "Required value")];
+    return [];
+  },
+};
+
+const SERVICE_MONITORS: ResourceDef = {
+  group: "monitoring.coreos.com",
+  version: "v1",
+  plural: "servicemonitors",
+  kind: "ServiceMonitor",
+  namespaced: true,
+  stored: true,
+  fieldSelectors: ["metadata.name", "metadata.namespace"],
+  prepare(object) {
+    // The CRD's structural schema requires spec.selector (endpoints may be empty).
+    if (!isObject(object.spec) || !isObject(object.spec.selector))
+      return [field("FieldValueRequired", "spec.selector", "Required value")];
+    return [];
+  },
+};
+
 const RESOURCES: readonly ResourceDef[] = [
   SECRETS,
   CONFIG_MAPS,
@@ -465,6 +722,16 @@ const RESOURCES: readonly ResourceDef[] = [
   LEASES,
   TOKEN_REVIEWS,
   MUTATING_WEBHOOK_CONFIGURATIONS,
+  SERVICE_ACCOUNTS,
+  SERVICES,
+  DEPLOYMENTS,
+  POD_DISRUPTION_BUDGETS,
+  ROLES,
+  CLUSTER_ROLES,
+  ROLE_BINDINGS,
+  CLUSTER_ROLE_BINDINGS,
+  NETWORK_POLICIES,
+  SERVICE_MONITORS,
 ];
 
 const apiVersionOf = (r: ResourceDef): string => (r.group === "" ? r.version : `${r.group}/${r.version}`);
@@ -1836,6 +2103,13 @@ function parseObject(body: string, resource: ResourceDef): { object: JsonObject 
 }
 
 function nameProblem(resource: ResourceDef, name: string): FieldError | undefined {
+  if (resource === SERVICES && !(DNS_1035_LABEL.test(name) && name.length <= 63)) {
+    return {
+      reason: "FieldValueInvalid",
+      field: "metadata.name",
+      message: `Invalid value: "${name}": a DNS-1035 label must consist of lower case alphanumeric characters or '-', start with an alphabetic character, and end with an alphanumeric character (e.g. 'my-name',  or 'abc-123', regex used for validation is '[a-z]([-a-z0-9]*[a-z0-9])?')`,
+    };
+  }
   const label = resource === NAMESPACES;
   const ok = label
     ? DNS_LABEL.test(name) && name.length <= 63
