@@ -42,16 +42,19 @@ const NS = "osm-system";
 const SERVICE_MONITOR_API = "monitoring.coreos.com/v1/ServiceMonitor";
 
 // The configurations a user installs: one per backend (two for cert-manager's issuer kinds).
+// The webhook runs with Tresor only for now (its serving certificate comes from Tresor's root).
 const BACKENDS = {
   tresor: {},
   vault: {
     certificateProvider: { kind: "vault" },
-    vault: { secret: { name: "osm-vault-token", key: "token" } },
+    vault: { secret: { name: "osm-vault-token", key: "token" }, caSecret: { name: "vault-ca" } },
+    webhook: { enabled: false },
   },
-  "cert-manager/Issuer": { certificateProvider: { kind: "cert-manager" } },
+  "cert-manager/Issuer": { certificateProvider: { kind: "cert-manager" }, webhook: { enabled: false } },
   "cert-manager/ClusterIssuer": {
     certificateProvider: { kind: "cert-manager" },
     certmanager: { issuerName: "mesh-root", issuerKind: "ClusterIssuer", issuerGroup: "cert-manager.io" },
+    webhook: { enabled: false },
   },
 } as const satisfies Record<string, Record<string, unknown>>;
 type Backend = keyof typeof BACKENDS;
@@ -275,6 +278,7 @@ const AWAITING_ISSUE_7 = new Set([
   "vault-pki-mount",
   "vault-token-secret-name",
   "vault-token-secret-key",
+  "vault-ca-file",
 ]);
 
 describe("Helm chart helm/osm-cert", () => {
@@ -295,9 +299,13 @@ describe("Helm chart helm/osm-cert", () => {
           "PodDisruptionBudget",
           "Role",
           "ClusterRole",
-          "MutatingWebhookConfiguration",
         ])
           assert.ok(kinds.has(kind), `no ${kind} rendered`);
+        assert.equal(
+          kinds.has("MutatingWebhookConfiguration"),
+          backend === "tresor",
+          "the webhook: Tresor only",
+        );
         // Optional objects stay off by default.
         assert.ok(!kinds.has("ServiceMonitor") && !kinds.has("NetworkPolicy"));
       });
@@ -346,6 +354,22 @@ describe("Helm chart helm/osm-cert", () => {
         if (backend === "vault") {
           assert.ok(args.includes("--vault-token-secret-name=osm-vault-token"), args.join(" "));
           assert.ok(args.includes("--vault-token-secret-key=token"));
+          // Vault's private CA: a Secret the kubelet mounts, passed by path.
+          assert.ok(args.includes("--vault-ca-file=/etc/osm-cert/vault-ca/ca.crt"), args.join(" "));
+          const pod = (find(objects, "Deployment", "osm-cert").spec as PodTemplateOwner).template
+            .spec as unknown as {
+            volumes: { name: string; secret?: { secretName: string } }[];
+            containers: { volumeMounts: { name: string; mountPath: string; readOnly?: boolean }[] }[];
+          };
+          assert.deepEqual(pod.volumes.find((v) => v.name === "vault-ca")?.secret?.secretName, "vault-ca");
+          assert.deepEqual(
+            pod.containers[0]?.volumeMounts.find((m) => m.name === "vault-ca"),
+            {
+              name: "vault-ca",
+              mountPath: "/etc/osm-cert/vault-ca",
+              readOnly: true,
+            },
+          );
           assert.ok(!args.some((a) => a.startsWith("--vault-token=")), "never a token on the command line");
         } else assert.ok(!args.some((a) => a.startsWith("--vault-")));
         if (backend.startsWith("cert-manager")) {
@@ -668,6 +692,14 @@ describe("Helm chart helm/osm-cert", () => {
       );
       assert.match(error, /- vault\.port: Must be less than or equal to 65535/);
       assert.match(error, /- serviceMonitor: Additional property enabeld is not allowed/);
+    });
+
+    test("the webhook with a backend other than Tresor (it could not start, and would block pods)", async () => {
+      const error = await renderError({ values: [{ certificateProvider: { kind: "cert-manager" } }] });
+      assert.match(
+        error,
+        /webhook\.enabled=true needs certificateProvider\.kind=tresor: .* Set webhook\.enabled=false for this backend/,
+      );
     });
 
     test("serviceMonitor.enabled on a cluster without the Prometheus Operator's CRD", async () => {
