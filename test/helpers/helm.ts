@@ -99,6 +99,8 @@ async function exists(path: string): Promise<boolean> {
 }
 
 export interface RenderOptions {
+  /** Default: helm/osm-cert. */
+  readonly chart?: string;
   readonly values?: readonly Record<string, unknown>[];
   readonly namespace?: string;
   readonly releaseName?: string;
@@ -129,7 +131,7 @@ export async function renderChart(options: RenderOptions = {}): Promise<RenderRe
     if (options.kubeVersion) args.push("--kube-version", options.kubeVersion);
     if (options.apiVersions?.length) args.push("--api-versions", options.apiVersions.join(","));
     if (options.skipSchemaValidation) args.push("--skip-schema-validation");
-    args.push(CHART_DIR);
+    args.push(options.chart ?? CHART_DIR);
     try {
       const { stdout } = await run(binary, args, { maxBuffer: 16 * 1024 * 1024 });
       const parsed = JSON.parse(stdout) as { manifests: Record<string, string>; notes: string };
