@@ -55,6 +55,11 @@ export interface FakeKubeApiServerOptions {
   readonly bookmarkIntervalMs?: number;
   /** kube-apiserver --anonymous-auth: requests without credentials act as system:anonymous. */
   readonly anonymousAuth?: boolean;
+  /**
+   * kube-apiserver --authorization-mode=RBAC: requests are allowed only by the stored Roles and
+   * bindings (system:masters excepted). Off by default: other tests do not install RBAC.
+   */
+  readonly rbac?: boolean;
 }
 
 export interface FaultMatch {
@@ -1394,9 +1399,12 @@ export class FakeKubeApiServer {
   private authorize(user: FakeUser, route: Route): JsonObject | undefined {
     // For the namespaces resource, the request's namespace attribute is the namespace itself.
     const namespace = route.resource === NAMESPACES ? route.name : route.namespace;
-    for (const rule of this.denials) {
-      if (rule.user !== undefined && rule.user !== user.username) continue;
-      if (!matchesRoute(rule, { ...route, ...(namespace === undefined ? {} : { namespace }) })) continue;
+    const denied = [...this.denials].some(
+      (rule) =>
+        (rule.user === undefined || rule.user === user.username) &&
+        matchesRoute(rule, { ...route, ...(namespace === undefined ? {} : { namespace }) }),
+    );
+    if (denied || !this.rbacAllows(user, route, namespace)) {
       const scope = namespace ? `in the namespace "${namespace}"` : "at the cluster scope";
       const why = `User "${user.username}" cannot ${route.verb} resource "${route.resource.plural}" in API group "${route.resource.group}" ${scope}`;
       const subject = route.name ? `${qualified(route.resource)} "${route.name}"` : qualified(route.resource);
@@ -1408,6 +1416,54 @@ export class FakeKubeApiServer {
       );
     }
     return undefined;
+  }
+
+  /**
+   * With `rbac: true`, the RBAC authorizer over the stored Roles, ClusterRoles and their bindings
+   * (kubernetes.io/docs/reference/access-authn-authz/rbac). Members of system:masters pass, as in a
+   * real cluster. resourceNames match requests naming one object: get/update/patch/delete by path,
+   * list/watch with `fieldSelector=metadata.name=…`; never create (and never a collection).
+   */
+  private rbacAllows(user: FakeUser, route: Route, namespace: string | undefined): boolean {
+    if (this.options.rbac !== true || user.groups?.includes("system:masters")) return true;
+    const fieldName = /^metadata\.name==?([^,]+)$/.exec(route.query.get("fieldSelector") ?? "")?.[1];
+    const name = route.verb === "create" ? undefined : (route.name ?? fieldName);
+    const groups = user.groups ?? [];
+    const binds = (binding: JsonObject) =>
+      (Array.isArray(binding.subjects) ? binding.subjects : []).some(
+        (s) =>
+          isObject(s) &&
+          ((s.kind === "User" && s.name === user.username) ||
+            (s.kind === "Group" && groups.includes(String(s.name))) ||
+            (s.kind === "ServiceAccount" &&
+              user.username === `system:serviceaccount:${String(s.namespace)}:${String(s.name)}`)),
+      );
+    const allows = (rule: Json) => {
+      if (!isObject(rule)) return false;
+      const has = (list: Json | undefined, value: string) =>
+        Array.isArray(list) && (list.includes(value) || list.includes("*"));
+      const names = Array.isArray(rule.resourceNames) ? rule.resourceNames : [];
+      return (
+        has(rule.verbs, route.verb) &&
+        has(rule.apiGroups, route.resource.group) &&
+        has(rule.resources, route.resource.plural) &&
+        (names.length === 0 || (name !== undefined && names.includes(name)))
+      );
+    };
+    for (const stored of this.objects.values()) {
+      const cluster = stored.resource === CLUSTER_ROLE_BINDINGS;
+      const local =
+        stored.resource === ROLE_BINDINGS && namespace !== undefined && stored.namespace === namespace;
+      if ((!cluster && !local) || !binds(stored.object)) continue;
+      const ref = isObject(stored.object.roleRef) ? stored.object.roleRef : {};
+      const role =
+        ref.kind === "ClusterRole"
+          ? this.objects.get(storeKey(CLUSTER_ROLES, "", String(ref.name)))
+          : this.objects.get(storeKey(ROLES, stored.namespace, String(ref.name)));
+      const rules = role && Array.isArray(role.object.rules) ? role.object.rules : [];
+      if (rules.some(allows)) return true;
+    }
+    return false;
   }
 
   private tokenReview(body: string): { status: number; body: JsonObject } {
