@@ -4,8 +4,12 @@
 // fake API server over HTTPS with the project's KubeClient (issue 6, first "Done when" bullet).
 
 import assert from "node:assert/strict";
+import { X509Certificate } from "node:crypto";
 import { readFileSync } from "node:fs";
+import { writeFile } from "node:fs/promises";
+import { join } from "node:path";
 import { after, before, describe, test } from "node:test";
+import { setTimeout as sleep } from "node:timers/promises";
 import { fileURLToPath } from "node:url";
 import { MutatingWebhookConfiguration } from "kubernetes-models/admissionregistration.k8s.io/v1";
 import { Deployment } from "kubernetes-models/apps/v1";
@@ -20,6 +24,9 @@ import {
 import { Service, ServiceAccount } from "kubernetes-models/v1";
 import { parseAllDocuments } from "yaml";
 import { type FlagError, parseFlags } from "../../common/flags.js";
+import { generateKeyPair } from "../../common/keys.js";
+import { encodePem } from "../../common/pem.js";
+import { createCsr } from "../../common/x509/csr.js";
 import { SERVER_FLAGS } from "../../server/flags.js";
 import {
   isAlreadyExists,
@@ -31,6 +38,9 @@ import {
 } from "../../server/kubernetes/client.js";
 import { FakeKubeApiServer } from "../fakes/kube-apiserver.js";
 import { type RenderOptions, renderChart } from "../helpers/helm.js";
+import { tempDir } from "../helpers/pki.js";
+import { type CliProcess, startServerProcess } from "../helpers/processes.js";
+import { TestSigningClient } from "../helpers/signing-client.js";
 
 type Obj = Record<string, unknown> & {
   apiVersion: string;
@@ -753,51 +763,8 @@ describe("Helm chart helm/osm-cert", () => {
       await fake.close();
     });
 
-    // Helm's install order (pkg/releaseutil/kind_sorter.go); kinds it does not know go last.
-    const INSTALL_ORDER = [
-      "NetworkPolicy",
-      "PodDisruptionBudget",
-      "ServiceAccount",
-      "ClusterRole",
-      "ClusterRoleBinding",
-      "Role",
-      "RoleBinding",
-      "Service",
-      "Deployment",
-      "MutatingWebhookConfiguration",
-    ];
-    const PLURALS: Record<string, string> = {
-      ServiceAccount: "serviceaccounts",
-      Service: "services",
-      Deployment: "deployments",
-      PodDisruptionBudget: "poddisruptionbudgets",
-      Role: "roles",
-      RoleBinding: "rolebindings",
-      ClusterRole: "clusterroles",
-      ClusterRoleBinding: "clusterrolebindings",
-      NetworkPolicy: "networkpolicies",
-      ServiceMonitor: "servicemonitors",
-      MutatingWebhookConfiguration: "mutatingwebhookconfigurations",
-    };
-    const typeOf = (o: Obj): ResourceType<KubeObject> => {
-      const [group, version] = o.apiVersion.includes("/") ? o.apiVersion.split("/") : ["", o.apiVersion];
-      const plural = PLURALS[o.kind];
-      assert.ok(plural, `no resource known for kind ${o.kind}`);
-      return {
-        group: group ?? "",
-        version: version ?? "",
-        plural,
-        kind: o.kind,
-        namespaced: !CLUSTER_SCOPED.has(o.kind),
-      };
-    };
-
     test("every object is created (201), reads back as sent, and a second install collides (409)", async () => {
-      const objects = (await render(EVERYTHING)).sort((a, b) => {
-        const rank = (o: Obj) =>
-          INSTALL_ORDER.includes(o.kind) ? INSTALL_ORDER.indexOf(o.kind) : INSTALL_ORDER.length;
-        return rank(a) - rank(b);
-      });
+      const objects = inInstallOrder(await render(EVERYTHING));
       for (const object of objects) {
         const type = typeOf(object);
         await client.create(type, object as unknown as KubeObject, { namespace: object.metadata.namespace });
@@ -834,7 +801,225 @@ describe("Helm chart helm/osm-cert", () => {
       );
     });
   });
+
+  describe("the real server under the fake API server's RBAC authorizer, granted only what the chart grants (tresor)", () => {
+    let fake: FakeKubeApiServer;
+    let dir: Awaited<ReturnType<typeof tempDir>>;
+    let server: CliProcess | undefined;
+    let address: string;
+    let serverArgs: string[];
+    const SA_USER = `system:serviceaccount:${NS}:osm-cert`;
+    const MESHED = "bookstore";
+
+    before(async () => {
+      fake = await FakeKubeApiServer.start({ namespaces: [NS], rbac: true });
+      fake.addToken("installer-token", { username: "kubernetes-admin", groups: ["system:masters"] });
+      fake.seed("namespaces", {
+        metadata: { name: MESHED, labels: { "openservicemesh.io/monitored-by": "osm" } },
+      });
+      const admin = new KubeClient({
+        config: {
+          server: fake.url,
+          caPem: fake.caPem,
+          token: new StaticToken("installer-token", "test"),
+          namespace: NS,
+          source: "test",
+        },
+        retry: { maxAttempts: 1 },
+      });
+      const objects = inInstallOrder(await render());
+      for (const object of objects)
+        await admin.create(typeOf(object), object as unknown as KubeObject, {
+          namespace: object.metadata.namespace,
+        });
+      const [container] = (
+        find(objects, "Deployment", "osm-cert").spec as {
+          template: { spec: { containers: { args: string[] }[] } };
+        }
+      ).template.spec.containers;
+      // The chart's own args; only the listen addresses change, to free loopback ports.
+      serverArgs = (container?.args ?? []).filter((a) => a !== "server" && !/^--(admin-)?listen=/.test(a));
+      dir = await tempDir();
+      const kubeconfig = join(dir.path, "kubeconfig.json");
+      const token = fake.serviceAccountToken(NS, "osm-cert", {
+        expiresAt: new Date(Date.now() + 86_400_000),
+      });
+      await writeFile(
+        kubeconfig,
+        JSON.stringify({
+          apiVersion: "v1",
+          kind: "Config",
+          "current-context": "fake",
+          clusters: [
+            {
+              name: "fake",
+              cluster: {
+                server: fake.url,
+                "certificate-authority-data": Buffer.from(fake.caPem).toString("base64"),
+              },
+            },
+          ],
+          users: [{ name: "osm-cert", user: { token } }],
+          contexts: [{ name: "fake", context: { cluster: "fake", user: "osm-cert" } }],
+        }),
+      );
+      const started = await startServerProcess(null, [
+        ...serverArgs,
+        // The test's client dials the loopback address, not the Service name the chart's SANs carry.
+        "--server-san=127.0.0.1",
+        "--kubeconfig",
+        kubeconfig,
+      ]);
+      server = started.server;
+      address = started.address;
+    });
+    after(async () => {
+      await server?.stop();
+      await fake?.close();
+      await dir?.remove();
+    });
+
+    test("it creates the root, wins the Lease, fills meshed namespaces, reviews tokens and signs: no 403 at all", async () => {
+      const deadline = Date.now() + 20_000;
+      while (fake.object("configmaps", MESHED, "osm-ca-root-cert") === undefined) {
+        assert.ok(Date.now() < deadline, "the trust-bundle ConfigMap never reached the meshed namespace");
+        await sleep(100);
+      }
+      const secret = fake.object("secrets", NS, "osm-ca-bundle") as { data: Record<string, string> };
+      assert.ok(fake.object("leases", NS, "osm-cert-leader"), "the leader Lease");
+      const root = Buffer.from(secret.data["ca.crt"] ?? "", "base64").toString("utf8");
+
+      const sa = "bookstore-v2";
+      const cn = `${sa}.${MESHED}.cluster.local`;
+      const { privateKey } = generateKeyPair("ecdsa-p256");
+      const csr = encodePem(
+        "CERTIFICATE REQUEST",
+        createCsr({
+          privateKey,
+          commonName: cn,
+          dnsNames: [cn],
+          uris: [`spiffe://cluster.local/ns/${MESHED}/sa/${sa}`],
+        }),
+      );
+      const bearer = fake.serviceAccountToken(MESHED, sa, { audiences: ["osm-cert"] });
+      const client = new TestSigningClient(address, root, undefined, bearer);
+      try {
+        const response = await client.create(csr);
+        assert.ok(
+          new X509Certificate(response.certificate_chain[0] as string).verify(
+            new X509Certificate(root).publicKey,
+          ),
+        );
+      } finally {
+        client.close();
+      }
+
+      const mine = fake.requests.filter((r) => r.user === SA_USER);
+      const used = new Set(mine.map((r) => `${r.verb} ${r.resource}`));
+      for (const needed of [
+        "create secrets",
+        "create leases",
+        "list namespaces",
+        "create configmaps",
+        "create tokenreviews",
+      ])
+        assert.ok(used.has(needed), `the server never did "${needed}": ${[...used].join(", ")}`);
+      assert.deepEqual(
+        mine
+          .filter((r) => r.status === 403)
+          .map((r) => `${r.verb} ${r.resource} ${r.namespace ?? ""}/${r.name ?? ""}`),
+        [],
+        "requests the chart's RBAC does not allow",
+      );
+      assert.deepEqual(
+        server?.lines.filter((l) => /forbidden|rbac/i.test(String(l.msg ?? l.event ?? ""))),
+        [],
+        "the server logged a permission problem",
+      );
+    });
+
+    test("and the authorizer bites: anything beyond the chart's rows is 403 for that ServiceAccount", async () => {
+      const token = fake.serviceAccountToken(NS, "osm-cert");
+      const sa = new KubeClient({
+        config: {
+          server: fake.url,
+          caPem: fake.caPem,
+          token: new StaticToken(token, "test"),
+          namespace: NS,
+          source: "test",
+        },
+        retry: { maxAttempts: 1 },
+      });
+      const SECRETS: ResourceType<KubeObject> = {
+        group: "",
+        version: "v1",
+        plural: "secrets",
+        kind: "Secret",
+        namespaced: true,
+      };
+      const forbidden = (error: unknown) => error instanceof KubeApiError && error.status === 403;
+      await assert.rejects(
+        sa.get(SECRETS, "someone-elses-secret", { namespace: NS }),
+        forbidden,
+        "get pinned to osm-ca-bundle",
+      );
+      await assert.rejects(sa.list(SECRETS, { namespace: NS }), forbidden, "no list on secrets");
+      await assert.rejects(sa.delete(SECRETS, "osm-ca-bundle", { namespace: NS }), forbidden, "no delete");
+      await assert.rejects(
+        sa.get(SECRETS, "osm-ca-bundle", { namespace: MESHED }),
+        forbidden,
+        "the Role is namespaced",
+      );
+      assert.ok(await sa.get(SECRETS, "osm-ca-bundle", { namespace: NS }), "what the chart grants works");
+    });
+  });
 });
+
+// Helm's install order (pkg/releaseutil/kind_sorter.go); kinds it does not know go last.
+const INSTALL_ORDER = [
+  "NetworkPolicy",
+  "PodDisruptionBudget",
+  "ServiceAccount",
+  "ClusterRole",
+  "ClusterRoleBinding",
+  "Role",
+  "RoleBinding",
+  "Service",
+  "Deployment",
+  "MutatingWebhookConfiguration",
+];
+const PLURALS: Record<string, string> = {
+  ServiceAccount: "serviceaccounts",
+  Service: "services",
+  Deployment: "deployments",
+  PodDisruptionBudget: "poddisruptionbudgets",
+  Role: "roles",
+  RoleBinding: "rolebindings",
+  ClusterRole: "clusterroles",
+  ClusterRoleBinding: "clusterrolebindings",
+  NetworkPolicy: "networkpolicies",
+  ServiceMonitor: "servicemonitors",
+  MutatingWebhookConfiguration: "mutatingwebhookconfigurations",
+};
+
+function typeOf(o: Obj): ResourceType<KubeObject> {
+  const [group, version] = o.apiVersion.includes("/") ? o.apiVersion.split("/") : ["", o.apiVersion];
+  const plural = PLURALS[o.kind];
+  assert.ok(plural, `no resource known for kind ${o.kind}`);
+  return {
+    group: group ?? "",
+    version: version ?? "",
+    plural,
+    kind: o.kind,
+    namespaced: !CLUSTER_SCOPED.has(o.kind),
+  };
+}
+
+function inInstallOrder(objects: Obj[]): Obj[] {
+  const rank = (o: Obj) =>
+    INSTALL_ORDER.includes(o.kind) ? INSTALL_ORDER.indexOf(o.kind) : INSTALL_ORDER.length;
+  return [...objects].sort((a, b) => rank(a) - rank(b));
+}
 
 /** Everything sent is stored as sent (the server may add defaults, never change what was given). */
 function assertContains(actual: unknown, expected: unknown, path: string): void {
