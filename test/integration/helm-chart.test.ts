@@ -22,7 +22,7 @@ import {
   RoleBinding,
 } from "kubernetes-models/rbac.authorization.k8s.io/v1";
 import { Service, ServiceAccount } from "kubernetes-models/v1";
-import { parseAllDocuments } from "yaml";
+import { isMap, parseAllDocuments, parseDocument, type YAMLMap } from "yaml";
 import { type FlagError, parseFlags } from "../../common/flags.js";
 import { generateKeyPair } from "../../common/keys.js";
 import { encodePem } from "../../common/pem.js";
@@ -727,6 +727,28 @@ describe("Helm chart helm/osm-cert", () => {
     test("valid values still render (the refusals above are about those values only)", async () => {
       assert.ok((await renderChart({ values: [BACKENDS.vault], kubeVersion: "v1.29.0" })).ok);
     });
+  });
+
+  test("every value in values.yaml carries a comment (Kubernetes shapes under `resources` excepted)", () => {
+    const text = readFileSync(
+      fileURLToPath(new URL("../../../helm/osm-cert/values.yaml", import.meta.url)),
+      "utf8",
+    );
+    const doc = parseDocument(text);
+    const undocumented: string[] = [];
+    const walk = (map: YAMLMap, path: string, mapComment: string | null | undefined) => {
+      map.items.forEach((pair, index) => {
+        const key = String((pair.key as { value?: unknown }).value ?? pair.key);
+        const at = path ? `${path}.${key}` : key;
+        // A comment above the first key of a nested map belongs to that map in the yaml package's tree.
+        if (!(pair.key as { commentBefore?: string }).commentBefore && !(index === 0 && mapComment))
+          undocumented.push(at);
+        if (isMap(pair.value) && key !== "resources") walk(pair.value, at, pair.value.commentBefore);
+      });
+    };
+    assert.ok(isMap(doc.contents));
+    walk(doc.contents, "", doc.contents.commentBefore ?? doc.commentBefore);
+    assert.deepEqual(undocumented, []);
   });
 
   test("NOTES.txt tells the operator what was installed and what is left on uninstall", async () => {
