@@ -4,11 +4,17 @@
 // fromJson, lookup), the built-in objects (.Values, .Release, .Chart, .Capabilities, .Template) and
 // values.schema.json checked with gojsonschema, the validator Helm 3 used up to 3.17.
 //
-// Built offline in GOPATH mode against Debian's packages:
-//   GO111MODULE=off GOPATH=/usr/share/gocode go build -o render render.go
+// Built offline in GOPATH mode against Debian's packages, as test/helpers/helm.ts does: copied to
+// $WORK/src/osmcertrender/ beside a go.mod of one line ("module osmcertrender"), which lets the go
+// command resolve sprig's /v3 import paths ("minimal module compatibility"), then
+//
+//	GO111MODULE=off GOPATH=$WORK:/usr/share/gocode go build -o render .
+//
 // Usage:
-//   render [-f values.yaml ...] [--name R] [--namespace NS] [--upgrade] [--kube-version v1.30.0]
-//          [--api-versions g/v,g/v/Kind] [--skip-schema-validation] CHART_DIR
+//
+//	render [-f values.yaml ...] [--name R] [--namespace NS] [--upgrade] [--kube-version v1.30.0]
+//	       [--api-versions g/v,g/v/Kind] [--skip-schema-validation] CHART_DIR
+//
 // Output (stdout): JSON {"manifests": {"<chart>/templates/<file>": "<rendered text>"}, "notes": "…"}.
 // Errors: the message on stderr, exit 1 (flags: exit 2).
 package main
