@@ -810,6 +810,44 @@ describe("Helm chart helm/osm-cert", () => {
       assert.match(service.spec.clusterIP, /^10\.96\.\d+\.\d+$/);
     });
 
+    test("an upgrade with new image, replicas and webhook settings replaces every object without touching immutable fields", async () => {
+      const upgraded = inInstallOrder(
+        await render({
+          ...EVERYTHING,
+          upgrade: true,
+          values: [
+            ...(EVERYTHING.values ?? []),
+            {
+              image: { tag: "0.2.0" },
+              server: { replicas: 3 },
+              webhook: { failurePolicy: "Ignore", timeoutSeconds: 5 },
+            },
+          ],
+        }),
+      );
+      for (const object of upgraded) {
+        // The MutatingWebhookConfiguration is left out: Helm patches it (a strategic merge by webhook
+        // name that keeps the live caBundle), where a PUT here would replace it whole.
+        if (object.kind === "MutatingWebhookConfiguration") continue;
+        const type = typeOf(object);
+        const live = await client.get(type, object.metadata.name, { namespace: object.metadata.namespace });
+        const next = {
+          ...object,
+          metadata: { ...object.metadata, resourceVersion: live.metadata?.resourceVersion },
+        };
+        // Deployment selectors and binding roleRefs are immutable: the fake answers 422 if they moved.
+        const stored = await client.update(type, next as unknown as KubeObject, {
+          namespace: object.metadata.namespace,
+        });
+        assertContains(stored, object, `upgrade ${object.kind}/${object.metadata.name}`);
+      }
+      const server = fake.object("deployments", NS, "osm-cert") as unknown as {
+        spec: { replicas: number; template: { spec: { containers: { image: string }[] } } };
+      };
+      assert.equal(server.spec.replicas, 3);
+      assert.equal(server.spec.template.spec.containers[0]?.image, "openservicemesh/osm-cert:0.2.0");
+    });
+
     test("the fake's own checks bite: a Deployment whose selector misses its pod labels is 422 Invalid", async () => {
       const deployment = find(await render(), "Deployment", "osm-cert") as Obj & { spec: PodTemplateOwner };
       deployment.metadata.name = "broken";
