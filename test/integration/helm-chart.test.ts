@@ -1032,6 +1032,51 @@ describe("Helm chart helm/osm-cert", () => {
       );
       assert.ok(await sa.get(SECRETS, "osm-ca-bundle", { namespace: NS }), "what the chart grants works");
     });
+
+    test("the webhook's ServiceAccount can do what CONTRACT.md lists (read the root, keep caBundle) and nothing more", async () => {
+      const token = fake.serviceAccountToken(NS, "osm-cert-webhook");
+      const webhook = new KubeClient({
+        config: {
+          server: fake.url,
+          caPem: fake.caPem,
+          token: new StaticToken(token, "test"),
+          namespace: NS,
+          source: "test",
+        },
+        retry: { maxAttempts: 1 },
+      });
+      const SECRETS: ResourceType<KubeObject> = {
+        group: "",
+        version: "v1",
+        plural: "secrets",
+        kind: "Secret",
+        namespaced: true,
+      };
+      const MWC: ResourceType<KubeObject & { webhooks?: { clientConfig: { caBundle?: string } }[] }> = {
+        group: "admissionregistration.k8s.io",
+        version: "v1",
+        plural: "mutatingwebhookconfigurations",
+        kind: "MutatingWebhookConfiguration",
+        namespaced: false,
+      };
+      const forbidden = (error: unknown) => error instanceof KubeApiError && error.status === 403;
+      assert.ok(await webhook.get(SECRETS, "osm-ca-bundle", { namespace: NS }));
+      const live = await webhook.get(MWC, "osm-cert-injector");
+      const caBundle = Buffer.from("the mesh roots, as the webhook writes them").toString("base64");
+      const webhooks = (live.webhooks ?? []).map((w) => ({
+        ...w,
+        clientConfig: { ...w.clientConfig, caBundle },
+      }));
+      const patched = await webhook.patch(MWC, "osm-cert-injector", { webhooks });
+      assert.equal(patched.webhooks?.[0]?.clientConfig.caBundle, caBundle);
+      await assert.rejects(
+        webhook.create(SECRETS, { metadata: { name: "x" } }, { namespace: NS }),
+        forbidden,
+      );
+      await assert.rejects(webhook.get(SECRETS, "osm-vault-token", { namespace: NS }), forbidden);
+      await assert.rejects(webhook.delete(MWC, "osm-cert-injector"), forbidden);
+      await assert.rejects(webhook.list(MWC, {}), forbidden);
+    });
   });
 });
 
