@@ -1,6 +1,6 @@
 // A fake Kubernetes API server for tests (DESIGN.md §10), written from the public API reference
-// (kubernetes.io/docs/reference/using-api/api-concepts, the core/v1, coordination.k8s.io/v1 and
-// authentication.k8s.io/v1 references) rather than from our client: HTTPS with its own cluster CA,
+// (kubernetes.io/docs/reference/using-api/api-concepts, the core/v1, coordination.k8s.io/v1,
+// authentication.k8s.io/v1 and admissionregistration.k8s.io/v1 references) rather than from our client: HTTPS with its own cluster CA,
 // bearer-token and client-certificate authentication, the real paths, JSON shapes and Status
 // errors, a cluster-wide resourceVersion bumped on every write, optimistic concurrency, label and
 // field selectors, paginated lists, and watch streams with bookmarks and 410 Expired once a version
@@ -55,6 +55,11 @@ export interface FakeKubeApiServerOptions {
   readonly bookmarkIntervalMs?: number;
   /** kube-apiserver --anonymous-auth: requests without credentials act as system:anonymous. */
   readonly anonymousAuth?: boolean;
+  /**
+   * kube-apiserver --authorization-mode=RBAC: requests are allowed only by the stored Roles and
+   * bindings (system:masters excepted). Off by default: other tests do not install RBAC.
+   */
+  readonly rbac?: boolean;
 }
 
 export interface FaultMatch {
@@ -170,6 +175,7 @@ interface DisconnectFault {
 
 const DNS_SUBDOMAIN = /^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$/;
 const DNS_LABEL = /^[a-z0-9]([-a-z0-9]*[a-z0-9])?$/;
+const DNS_1035_LABEL = /^[a-z]([-a-z0-9]*[a-z0-9])?$/;
 const DATA_KEY = /^[-._a-zA-Z0-9]+$/;
 const BASE64 = /^(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?$/;
 
@@ -375,7 +381,363 @@ const TOKEN_REVIEWS: ResourceDef = {
   fieldSelectors: [],
 };
 
-const RESOURCES: readonly ResourceDef[] = [SECRETS, CONFIG_MAPS, NAMESPACES, LEASES, TOKEN_REVIEWS];
+// admissionregistration.k8s.io/v1 (cluster-scoped). Validation covers what a caBundle writer can get
+// wrong: the v1 required fields of each webhook, one of url/service, and caBundle as base64 bytes
+// (the API server decodes []byte fields and answers 400 on bad base64). Simplification: a strategic
+// merge patch replaces `webhooks` whole here, where the real server merges entries by `name`.
+const MUTATING_WEBHOOK_CONFIGURATIONS: ResourceDef = {
+  group: "admissionregistration.k8s.io",
+  version: "v1",
+  plural: "mutatingwebhookconfigurations",
+  kind: "MutatingWebhookConfiguration",
+  namespaced: false,
+  stored: true,
+  fieldSelectors: ["metadata.name"],
+  prepare(object) {
+    const webhooks = object.webhooks;
+    if (webhooks === undefined || webhooks === null) return [];
+    if (!Array.isArray(webhooks)) {
+      return new BadRequest(
+        'MutatingWebhookConfiguration in version "v1" cannot be handled as a MutatingWebhookConfiguration: webhooks must be a list',
+      );
+    }
+    const errors: FieldError[] = [];
+    const names = new Set<string>();
+    for (const [index, webhook] of webhooks.entries()) {
+      const field = `webhooks[${index}]`;
+      if (!isObject(webhook)) return new BadRequest(`${field} must be an object`);
+      const caBundle = isObject(webhook.clientConfig) ? webhook.clientConfig.caBundle : undefined;
+      if (caBundle !== undefined && caBundle !== null) {
+        if (
+          typeof caBundle !== "string" ||
+          !/^[A-Za-z0-9+/]*={0,2}$/.test(caBundle) ||
+          caBundle.length % 4 !== 0
+        ) {
+          return new BadRequest(
+            `MutatingWebhookConfiguration in version "v1" cannot be handled as a MutatingWebhookConfiguration: ${field}.clientConfig.caBundle: illegal base64 data`,
+          );
+        }
+      }
+      if (typeof webhook.name !== "string" || webhook.name === "") {
+        errors.push({ reason: "FieldValueRequired", field: `${field}.name`, message: "Required value" });
+      } else if (names.has(webhook.name)) {
+        errors.push({
+          reason: "FieldValueInvalid",
+          field: `${field}.name`,
+          message: `Duplicate value: "${webhook.name}"`,
+        });
+      } else {
+        names.add(webhook.name);
+      }
+      if (!isObject(webhook.clientConfig)) {
+        errors.push({
+          reason: "FieldValueRequired",
+          field: `${field}.clientConfig`,
+          message: "Required value",
+        });
+      } else {
+        const { url, service } = webhook.clientConfig;
+        if ((url === undefined || url === null) === (service === undefined || service === null)) {
+          errors.push({
+            reason: "FieldValueRequired",
+            field: `${field}.clientConfig`,
+            message: "Required value: exactly one of url or service is required",
+          });
+        }
+      }
+      if (!Array.isArray(webhook.admissionReviewVersions) || webhook.admissionReviewVersions.length === 0) {
+        errors.push({
+          reason: "FieldValueRequired",
+          field: `${field}.admissionReviewVersions`,
+          message: "Required value: must specify one of v1, v1beta1",
+        });
+      }
+      if (typeof webhook.sideEffects !== "string") {
+        errors.push({
+          reason: "FieldValueRequired",
+          field: `${field}.sideEffects`,
+          message: "Required value: must specify one of None, NoneOnDryRun",
+        });
+      }
+    }
+    return errors;
+  },
+};
+
+// The kinds a Helm install of helm/osm-cert creates (apps/v1, policy/v1, rbac.authorization.k8s.io/v1,
+// networking.k8s.io/v1 references, and the Prometheus Operator's ServiceMonitor CRD). Validation
+// covers the API server's checks a chart can trip over: a Deployment selector that does not match
+// its template labels, RBAC rules without verbs/groups/resources, a binding without or changing its
+// roleRef, a Service without ports. Schema-level checks are left to kubernetes-models in the tests.
+// Simplifications: no controllers run (no ReplicaSets, Pods or status); ServiceMonitors are served as
+// if the Prometheus Operator's CRD were installed.
+
+function field(reason: FieldError["reason"], path: string, message: string): FieldError {
+  return { reason, field: path, message };
+}
+
+function labelsMatch(selector: Json | undefined, labels: Json | undefined): boolean {
+  if (!isObject(selector)) return false;
+  const have = isObject(labels) ? labels : {};
+  const wanted = isObject(selector.matchLabels) ? selector.matchLabels : {};
+  if (Object.entries(wanted).some(([key, value]) => have[key] !== value)) return false;
+  const expressions = Array.isArray(selector.matchExpressions) ? selector.matchExpressions : [];
+  return expressions.every((e) => {
+    if (!isObject(e) || typeof e.key !== "string") return false;
+    const values = Array.isArray(e.values) ? e.values : [];
+    const value = have[e.key];
+    switch (e.operator) {
+      case "In":
+        return typeof value === "string" && values.includes(value);
+      case "NotIn":
+        return typeof value !== "string" || !values.includes(value);
+      case "Exists":
+        return value !== undefined;
+      case "DoesNotExist":
+        return value === undefined;
+      default:
+        return false;
+    }
+  });
+}
+
+const SERVICE_ACCOUNTS: ResourceDef = {
+  group: "",
+  version: "v1",
+  plural: "serviceaccounts",
+  kind: "ServiceAccount",
+  namespaced: true,
+  stored: true,
+  fieldSelectors: ["metadata.name", "metadata.namespace"],
+};
+
+// The service CIDR 10.96.0.0/12, handed out in order (no reuse: fakes are short-lived).
+let clusterIpsAllocated = 0;
+function allocateClusterIp(): string {
+  clusterIpsAllocated++;
+  return `10.96.${Math.floor(clusterIpsAllocated / 254) % 256}.${1 + (clusterIpsAllocated % 254)}`;
+}
+
+const SERVICES: ResourceDef = {
+  group: "",
+  version: "v1",
+  plural: "services",
+  kind: "Service",
+  namespaced: true,
+  stored: true,
+  fieldSelectors: ["metadata.name", "metadata.namespace", "spec.clusterIP", "spec.type"],
+  prepare(object, previous) {
+    if (!isObject(object.spec)) return [field("FieldValueRequired", "spec.ports", "Required value")];
+    const spec = object.spec;
+    spec.type ??= "ClusterIP";
+    spec.sessionAffinity ??= "None";
+    const errors: FieldError[] = [];
+    const ports = Array.isArray(spec.ports) ? spec.ports : [];
+    if (ports.length === 0 && spec.type !== "ExternalName")
+      errors.push(field("FieldValueRequired", "spec.ports", "Required value"));
+    ports.forEach((port, index) => {
+      if (!isObject(port)) return;
+      port.protocol ??= "TCP";
+      port.targetPort ??= port.port ?? null;
+      if (ports.length > 1 && (typeof port.name !== "string" || port.name === ""))
+        errors.push(field("FieldValueRequired", `spec.ports[${index}].name`, "Required value"));
+    });
+    // The allocator assigns the ClusterIP once; it never changes afterwards.
+    const previousIp = isObject(previous?.spec) ? previous.spec.clusterIP : undefined;
+    if (spec.type !== "ExternalName" && spec.clusterIP !== "None") {
+      const ip = typeof previousIp === "string" ? previousIp : allocateClusterIp();
+      spec.clusterIP = ip;
+      spec.clusterIPs = [ip];
+    }
+    return errors;
+  },
+};
+
+const DEPLOYMENTS: ResourceDef = {
+  group: "apps",
+  version: "v1",
+  plural: "deployments",
+  kind: "Deployment",
+  namespaced: true,
+  stored: true,
+  fieldSelectors: ["metadata.name", "metadata.namespace"],
+  prepare(object, previous) {
+    const spec = isObject(object.spec) ? object.spec : {};
+    const template = isObject(spec.template) ? spec.template : {};
+    const labels = isObject(template.metadata) ? template.metadata.labels : undefined;
+    const podSpec = isObject(template.spec) ? template.spec : {};
+    const errors: FieldError[] = [];
+    if (!isObject(spec.selector)) {
+      errors.push(field("FieldValueRequired", "spec.selector", "Required value"));
+    } else if (!labelsMatch(spec.selector, labels)) {
+      errors.push(
+        field(
+          "FieldValueInvalid",
+          "spec.template.metadata.labels",
+          `Invalid value: ${JSON.stringify(labels ?? {})}: \`selector\` does not match template \`labels\``,
+        ),
+      );
+    }
+    if (!Array.isArray(podSpec.containers) || podSpec.containers.length === 0)
+      errors.push(field("FieldValueRequired", "spec.template.spec.containers", "Required value"));
+    if (previous !== undefined && isObject(previous.spec)) {
+      if (canonical(previous.spec.selector ?? null) !== canonical(spec.selector ?? null))
+        errors.push(field("FieldValueInvalid", "spec.selector", "Invalid value: field is immutable"));
+    }
+    spec.replicas ??= 1;
+    return errors;
+  },
+};
+
+const POD_DISRUPTION_BUDGETS: ResourceDef = {
+  group: "policy",
+  version: "v1",
+  plural: "poddisruptionbudgets",
+  kind: "PodDisruptionBudget",
+  namespaced: true,
+  stored: true,
+  fieldSelectors: ["metadata.name", "metadata.namespace"],
+  prepare(object) {
+    const spec = isObject(object.spec) ? object.spec : {};
+    if (spec.minAvailable !== undefined && spec.maxUnavailable !== undefined)
+      return [
+        field(
+          "FieldValueInvalid",
+          "spec",
+          "Invalid value: minAvailable and maxUnavailable cannot be both set",
+        ),
+      ];
+    return [];
+  },
+};
+
+function ruleErrors(object: JsonObject, clusterScoped: boolean): FieldError[] {
+  const rules = Array.isArray(object.rules) ? object.rules : [];
+  const errors: FieldError[] = [];
+  rules.forEach((rule, index) => {
+    const at = `rules[${index}]`;
+    if (!isObject(rule)) return;
+    const nonEmpty = (v: Json | undefined) => Array.isArray(v) && v.length > 0;
+    if (!nonEmpty(rule.verbs))
+      errors.push(
+        field("FieldValueRequired", `${at}.verbs`, "Required value: verbs must contain at least one value"),
+      );
+    if (nonEmpty(rule.nonResourceURLs)) {
+      if (!clusterScoped)
+        errors.push(
+          field(
+            "FieldValueInvalid",
+            `${at}.nonResourceURLs`,
+            "Invalid value: namespaced rules cannot apply to non-resource URLs",
+          ),
+        );
+      return;
+    }
+    if (!nonEmpty(rule.apiGroups))
+      errors.push(
+        field(
+          "FieldValueRequired",
+          `${at}.apiGroups`,
+          "Required value: resource rules must supply at least one api group",
+        ),
+      );
+    if (!nonEmpty(rule.resources))
+      errors.push(
+        field(
+          "FieldValueRequired",
+          `${at}.resources`,
+          "Required value: resource rules must supply at least one resource",
+        ),
+      );
+  });
+  return errors;
+}
+
+function bindingErrors(object: JsonObject, previous: JsonObject | undefined): FieldError[] {
+  const roleRef = object.roleRef;
+  if (!isObject(roleRef) || typeof roleRef.name !== "string" || roleRef.name === "")
+    return [field("FieldValueRequired", "roleRef.name", "Required value")];
+  if (previous !== undefined && canonical(previous.roleRef ?? null) !== canonical(roleRef))
+    return [
+      field(
+        "FieldValueInvalid",
+        "roleRef",
+        `Invalid value: ${JSON.stringify(roleRef)}: cannot change roleRef`,
+      ),
+    ];
+  return [];
+}
+
+const rbac = (
+  plural: string,
+  kind: string,
+  namespaced: boolean,
+  prepare: ResourceDef["prepare"],
+): ResourceDef => ({
+  group: "rbac.authorization.k8s.io",
+  version: "v1",
+  plural,
+  kind,
+  namespaced,
+  stored: true,
+  fieldSelectors: namespaced ? ["metadata.name", "metadata.namespace"] : ["metadata.name"],
+  ...(prepare === undefined ? {} : { prepare }),
+});
+
+const ROLES = rbac("roles", "Role", true, (object) => ruleErrors(object, false));
+const CLUSTER_ROLES = rbac("clusterroles", "ClusterRole", false, (object) => ruleErrors(object, true));
+const ROLE_BINDINGS = rbac("rolebindings", "RoleBinding", true, bindingErrors);
+const CLUSTER_ROLE_BINDINGS = rbac("clusterrolebindings", "ClusterRoleBinding", false, bindingErrors);
+
+const NETWORK_POLICIES: ResourceDef = {
+  group: "networking.k8s.io",
+  version: "v1",
+  plural: "networkpolicies",
+  kind: "NetworkPolicy",
+  namespaced: true,
+  stored: true,
+  fieldSelectors: ["metadata.name", "metadata.namespace"],
+  prepare(object) {
+    if (!isObject(object.spec) || !isObject(object.spec.podSelector))
+      return [field("FieldValueRequired", "spec.podSelector", "Required value")];
+    return [];
+  },
+};
+
+const SERVICE_MONITORS: ResourceDef = {
+  group: "monitoring.coreos.com",
+  version: "v1",
+  plural: "servicemonitors",
+  kind: "ServiceMonitor",
+  namespaced: true,
+  stored: true,
+  fieldSelectors: ["metadata.name", "metadata.namespace"],
+  prepare(object) {
+    // The CRD's structural schema requires spec.selector (endpoints may be empty).
+    if (!isObject(object.spec) || !isObject(object.spec.selector))
+      return [field("FieldValueRequired", "spec.selector", "Required value")];
+    return [];
+  },
+};
+
+const RESOURCES: readonly ResourceDef[] = [
+  SECRETS,
+  CONFIG_MAPS,
+  NAMESPACES,
+  LEASES,
+  TOKEN_REVIEWS,
+  MUTATING_WEBHOOK_CONFIGURATIONS,
+  SERVICE_ACCOUNTS,
+  SERVICES,
+  DEPLOYMENTS,
+  POD_DISRUPTION_BUDGETS,
+  ROLES,
+  CLUSTER_ROLES,
+  ROLE_BINDINGS,
+  CLUSTER_ROLE_BINDINGS,
+  NETWORK_POLICIES,
+  SERVICE_MONITORS,
+];
 
 const apiVersionOf = (r: ResourceDef): string => (r.group === "" ? r.version : `${r.group}/${r.version}`);
 /** `secrets`, `leases.coordination.k8s.io`: what Status messages call a resource. */
@@ -1037,9 +1399,12 @@ export class FakeKubeApiServer {
   private authorize(user: FakeUser, route: Route): JsonObject | undefined {
     // For the namespaces resource, the request's namespace attribute is the namespace itself.
     const namespace = route.resource === NAMESPACES ? route.name : route.namespace;
-    for (const rule of this.denials) {
-      if (rule.user !== undefined && rule.user !== user.username) continue;
-      if (!matchesRoute(rule, { ...route, ...(namespace === undefined ? {} : { namespace }) })) continue;
+    const denied = [...this.denials].some(
+      (rule) =>
+        (rule.user === undefined || rule.user === user.username) &&
+        matchesRoute(rule, { ...route, ...(namespace === undefined ? {} : { namespace }) }),
+    );
+    if (denied || !this.rbacAllows(user, route, namespace)) {
       const scope = namespace ? `in the namespace "${namespace}"` : "at the cluster scope";
       const why = `User "${user.username}" cannot ${route.verb} resource "${route.resource.plural}" in API group "${route.resource.group}" ${scope}`;
       const subject = route.name ? `${qualified(route.resource)} "${route.name}"` : qualified(route.resource);
@@ -1051,6 +1416,54 @@ export class FakeKubeApiServer {
       );
     }
     return undefined;
+  }
+
+  /**
+   * With `rbac: true`, the RBAC authorizer over the stored Roles, ClusterRoles and their bindings
+   * (kubernetes.io/docs/reference/access-authn-authz/rbac). Members of system:masters pass, as in a
+   * real cluster. resourceNames match requests naming one object: get/update/patch/delete by path,
+   * list/watch with `fieldSelector=metadata.name=…`; never create (and never a collection).
+   */
+  private rbacAllows(user: FakeUser, route: Route, namespace: string | undefined): boolean {
+    if (this.options.rbac !== true || user.groups?.includes("system:masters")) return true;
+    const fieldName = /^metadata\.name==?([^,]+)$/.exec(route.query.get("fieldSelector") ?? "")?.[1];
+    const name = route.verb === "create" ? undefined : (route.name ?? fieldName);
+    const groups = user.groups ?? [];
+    const binds = (binding: JsonObject) =>
+      (Array.isArray(binding.subjects) ? binding.subjects : []).some(
+        (s) =>
+          isObject(s) &&
+          ((s.kind === "User" && s.name === user.username) ||
+            (s.kind === "Group" && groups.includes(String(s.name))) ||
+            (s.kind === "ServiceAccount" &&
+              user.username === `system:serviceaccount:${String(s.namespace)}:${String(s.name)}`)),
+      );
+    const allows = (rule: Json) => {
+      if (!isObject(rule)) return false;
+      const has = (list: Json | undefined, value: string) =>
+        Array.isArray(list) && (list.includes(value) || list.includes("*"));
+      const names = Array.isArray(rule.resourceNames) ? rule.resourceNames : [];
+      return (
+        has(rule.verbs, route.verb) &&
+        has(rule.apiGroups, route.resource.group) &&
+        has(rule.resources, route.resource.plural) &&
+        (names.length === 0 || (name !== undefined && names.includes(name)))
+      );
+    };
+    for (const stored of this.objects.values()) {
+      const cluster = stored.resource === CLUSTER_ROLE_BINDINGS;
+      const local =
+        stored.resource === ROLE_BINDINGS && namespace !== undefined && stored.namespace === namespace;
+      if ((!cluster && !local) || !binds(stored.object)) continue;
+      const ref = isObject(stored.object.roleRef) ? stored.object.roleRef : {};
+      const role =
+        ref.kind === "ClusterRole"
+          ? this.objects.get(storeKey(CLUSTER_ROLES, "", String(ref.name)))
+          : this.objects.get(storeKey(ROLES, stored.namespace, String(ref.name)));
+      const rules = role && Array.isArray(role.object.rules) ? role.object.rules : [];
+      if (rules.some(allows)) return true;
+    }
+    return false;
   }
 
   private tokenReview(body: string): { status: number; body: JsonObject } {
@@ -1746,6 +2159,13 @@ function parseObject(body: string, resource: ResourceDef): { object: JsonObject 
 }
 
 function nameProblem(resource: ResourceDef, name: string): FieldError | undefined {
+  if (resource === SERVICES && !(DNS_1035_LABEL.test(name) && name.length <= 63)) {
+    return {
+      reason: "FieldValueInvalid",
+      field: "metadata.name",
+      message: `Invalid value: "${name}": a DNS-1035 label must consist of lower case alphanumeric characters or '-', start with an alphabetic character, and end with an alphanumeric character (e.g. 'my-name',  or 'abc-123', regex used for validation is '[a-z]([-a-z0-9]*[a-z0-9])?')`,
+    };
+  }
   const label = resource === NAMESPACES;
   const ok = label
     ? DNS_LABEL.test(name) && name.length <= 63
