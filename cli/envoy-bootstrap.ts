@@ -53,6 +53,8 @@ export const ENVOY_BOOTSTRAP_FLAGS = {
   },
 } as const satisfies FlagTable;
 
+const FULL_ONLY = ["admin-port", "listen", "upstream", "peer-spiffe-id", "upstream-spiffe-id"] as const;
+
 function parsePort(text: string): number {
   const port = Number(text);
   if (!(Number.isInteger(port) && port >= 1 && port <= 65535)) throw new Error(`"${text}" is not a port`);
@@ -69,6 +71,11 @@ export function envoyBootstrapDocument(
 } {
   const flags = parseFlags("envoy-bootstrap", ENVOY_BOOTSTRAP_FLAGS, argv, env);
   const socketPath = flags["sds-socket"];
+  if (!flags.full) {
+    // Said rather than ignored: someone passing --listen expects a listener in the output.
+    const stray = FULL_ONLY.find((name) => argv.some((a) => a === `--${name}` || a.startsWith(`--${name}=`)));
+    if (stray !== undefined) throw new FlagError(`envoy-bootstrap: --${stray} applies only with --full`);
+  }
   // common/flags.ts does not run `validate` on list flags: check each ID here, as a flag error.
   for (const id of flags["peer-spiffe-id"]) {
     try {

@@ -349,7 +349,12 @@ describe("bad input: exit 2 with one line", () => {
       ["--sds-socket", SOCKET, "--full", "--upstream", "10.0.0.1"],
       /invalid --upstream: "10\.0\.0\.1" is not HOST:PORT/,
     ],
-    ["a bad admin port", ["--sds-socket", SOCKET, "--admin-port", "0"], /invalid --admin-port/],
+    ["a bad admin port", ["--sds-socket", SOCKET, "--full", "--admin-port", "0"], /invalid --admin-port/],
+    [
+      "a --full flag without --full",
+      ["--sds-socket", SOCKET, "--listen=0.0.0.0:8443"],
+      /--listen applies only with --full/,
+    ],
     [
       "an unknown flag",
       ["--sds-socket", SOCKET, "--sds-sokcet", "x"],
