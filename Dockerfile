@@ -40,7 +40,8 @@ COPY --from=build /src/dist/cli ./dist/cli
 COPY --from=build /src/dist/common ./dist/common
 COPY --from=build /src/dist/proto ./dist/proto
 COPY --from=build /src/dist/server ./dist/server
-COPY --from=build /src/dist/agent.bundle.cjs /src/dist/agent.bundle.cjs.cache ./dist/
+# The bundle's licence notices travel with it.
+COPY --from=build /src/dist/agent.bundle.cjs /src/dist/agent.bundle.cjs.cache /src/dist/agent.bundle.cjs.LEGAL.txt ./dist/
 # The image's `node` user, by number: Kubernetes' runAsNonRoot can only verify a numeric USER. The
 # chart and the webhook set their own runAsUser (the agent runs as Envoy's UID 1500).
 USER 1000:1000

@@ -32,7 +32,7 @@ const COMMANDS: Readonly<
 
 function usage(): string {
   const lines = ["Usage: osm-cert <command> [flags]", "", "Commands:"];
-  for (const [name, { summary }] of Object.entries(COMMANDS)) lines.push(`  ${name.padEnd(15)} ${summary}`);
+  for (const [name, { summary }] of Object.entries(COMMANDS)) lines.push(`  ${name.padEnd(16)} ${summary}`);
   lines.push("", "Run `osm-cert <command> --help` for its flags.");
   return `${lines.join("\n")}\n`;
 }

@@ -231,14 +231,19 @@ describe("the runtime stage, rebuilt as a directory", () => {
     }
   });
 
-  test("osm-cert --help, server --help, agent --help run from the image's files", async () => {
+  test("every command's --help runs from the image's files", async () => {
     const top = await run(["--help"]);
     assert.equal(top.code, 0, top.stderr);
-    assert.match(top.stdout, /envoy-bootstrap/);
-    for (const command of ["server", "agent", "envoy-bootstrap"]) {
-      const help = await run([command, "--help"]);
-      assert.equal(help.code, 0, `${command}: ${help.stderr}`);
-      assert.match(help.stdout, new RegExp(`Usage: osm-cert ${command}`));
+    // Every command osm-cert lists (so a command added later is covered without editing this test).
+    const commands = [...top.stdout.matchAll(/^ {2}([a-z][a-z-]*) +\S/gm)].map((m) => m[1] as string);
+    for (const expected of ["server", "agent", "issue", "envoy-bootstrap"])
+      assert.ok(commands.includes(expected), expected);
+    for (const command of commands) {
+      // `issue` takes a kind before its flags.
+      const args = command === "issue" ? ["issue", "bootstrap", "--help"] : [command, "--help"];
+      const help = await run(args);
+      assert.equal(help.code, 0, `${args.join(" ")}: ${help.stderr}`);
+      assert.match(help.stdout, new RegExp(`^Usage: osm-cert ${command}`));
     }
   });
 
