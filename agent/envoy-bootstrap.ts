@@ -6,6 +6,8 @@
 
 import { isIP } from "node:net";
 import { isAbsolute } from "node:path";
+import { type HostPort, parseHostPort } from "../common/admin-http.js";
+import { isDnsSubdomain } from "../common/identity.js";
 import { DEFAULT_CERT_NAME, ROOT_CA_NAME } from "./sds/resources.js";
 
 /** The cluster name agreed with the chart and the webhook (CONTRACT.md). */
@@ -36,27 +38,16 @@ export function validateSocketPath(path: string): void {
   }
 }
 
-/** HOST:PORT with an IP or DNS name and a port in 1..65535 ("[::1]:8080" for IPv6). */
-export interface SocketAddress {
-  readonly host: string;
-  readonly port: number;
-}
+export type SocketAddress = HostPort;
 
+/** HOST:PORT (common/admin-http.ts syntax) naming a real peer: an IP or DNS name, a port in 1..65535. */
 export function parseSocketAddress(text: string): SocketAddress {
-  const match = /^(?:\[([^\]]+)\]|([^:[\]]+)):(\d{1,5})$/.exec(text);
-  const host = match?.[1] ?? match?.[2];
-  const port = Number(match?.[3]);
-  if (host === undefined || !(port >= 1 && port <= 65535)) {
-    throw new Error(`"${text}" is not HOST:PORT with a port in 1..65535`);
+  const address = parseHostPort(text);
+  if (address.port < 1) throw new Error(`"${text}" has port 0; Envoy needs a real port`);
+  if (isIP(address.host) === 0 && !isDnsSubdomain(address.host)) {
+    throw new Error(`"${address.host}" is neither an IP address nor a DNS name`);
   }
-  if (match?.[1] !== undefined && isIP(host) !== 6) throw new Error(`"${host}" is not an IPv6 address`);
-  if (
-    isIP(host) === 0 &&
-    !/^[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?)*$/.test(host)
-  ) {
-    throw new Error(`"${host}" is neither an IP address nor a DNS name`);
-  }
-  return { host, port };
+  return address;
 }
 
 export function validateSpiffeId(text: string): void {

@@ -349,6 +349,16 @@ describe("bad input: exit 2 with one line", () => {
       ["--sds-socket", SOCKET, "--full", "--upstream", "10.0.0.1"],
       /invalid --upstream: "10\.0\.0\.1" is not HOST:PORT/,
     ],
+    [
+      "an upstream without a real port or name",
+      ["--sds-socket", SOCKET, "--full", "--upstream", "bookstore:0"],
+      /invalid --upstream: "bookstore:0" has port 0/,
+    ],
+    [
+      "a listener on no host",
+      ["--sds-socket", SOCKET, "--full", "--listen", ":8443"],
+      /invalid --listen: "" is neither an IP address nor a DNS name/,
+    ],
     ["a bad admin port", ["--sds-socket", SOCKET, "--full", "--admin-port", "0"], /invalid --admin-port/],
     [
       "a --full flag without --full",
