@@ -20,6 +20,10 @@ const COMMANDS: Readonly<
     summary: "issue an xDS bootstrap or webhook certificate",
     run: async (argv) => (await import("./issue.js")).issueCommand(argv),
   },
+  "envoy-bootstrap": {
+    summary: "print Envoy's SDS cluster and secret configs (or a whole bootstrap)",
+    run: async (argv) => (await import("./envoy-bootstrap.js")).envoyBootstrapCommand(argv),
+  },
   demo: {
     summary: "the whole flow on one machine",
     run: async (argv) => (await import("./demo.js")).demoCommand(argv),
@@ -28,7 +32,7 @@ const COMMANDS: Readonly<
 
 function usage(): string {
   const lines = ["Usage: osm-cert <command> [flags]", "", "Commands:"];
-  for (const [name, { summary }] of Object.entries(COMMANDS)) lines.push(`  ${name.padEnd(8)} ${summary}`);
+  for (const [name, { summary }] of Object.entries(COMMANDS)) lines.push(`  ${name.padEnd(16)} ${summary}`);
   lines.push("", "Run `osm-cert <command> --help` for its flags.");
   return `${lines.join("\n")}\n`;
 }
