@@ -1,6 +1,6 @@
 // A fake Kubernetes API server for tests (DESIGN.md §10), written from the public API reference
-// (kubernetes.io/docs/reference/using-api/api-concepts, the core/v1, coordination.k8s.io/v1 and
-// authentication.k8s.io/v1 references) rather than from our client: HTTPS with its own cluster CA,
+// (kubernetes.io/docs/reference/using-api/api-concepts, the core/v1, coordination.k8s.io/v1,
+// authentication.k8s.io/v1 and admissionregistration.k8s.io/v1 references) rather than from our client: HTTPS with its own cluster CA,
 // bearer-token and client-certificate authentication, the real paths, JSON shapes and Status
 // errors, a cluster-wide resourceVersion bumped on every write, optimistic concurrency, label and
 // field selectors, paginated lists, and watch streams with bookmarks and 410 Expired once a version
@@ -375,7 +375,97 @@ const TOKEN_REVIEWS: ResourceDef = {
   fieldSelectors: [],
 };
 
-const RESOURCES: readonly ResourceDef[] = [SECRETS, CONFIG_MAPS, NAMESPACES, LEASES, TOKEN_REVIEWS];
+// admissionregistration.k8s.io/v1 (cluster-scoped). Validation covers what a caBundle writer can get
+// wrong: the v1 required fields of each webhook, one of url/service, and caBundle as base64 bytes
+// (the API server decodes []byte fields and answers 400 on bad base64). Simplification: a strategic
+// merge patch replaces `webhooks` whole here, where the real server merges entries by `name`.
+const MUTATING_WEBHOOK_CONFIGURATIONS: ResourceDef = {
+  group: "admissionregistration.k8s.io",
+  version: "v1",
+  plural: "mutatingwebhookconfigurations",
+  kind: "MutatingWebhookConfiguration",
+  namespaced: false,
+  stored: true,
+  fieldSelectors: ["metadata.name"],
+  prepare(object) {
+    const webhooks = object.webhooks;
+    if (webhooks === undefined || webhooks === null) return [];
+    if (!Array.isArray(webhooks)) {
+      return new BadRequest(
+        'MutatingWebhookConfiguration in version "v1" cannot be handled as a MutatingWebhookConfiguration: webhooks must be a list',
+      );
+    }
+    const errors: FieldError[] = [];
+    const names = new Set<string>();
+    for (const [index, webhook] of webhooks.entries()) {
+      const field = `webhooks[${index}]`;
+      if (!isObject(webhook)) return new BadRequest(`${field} must be an object`);
+      const caBundle = isObject(webhook.clientConfig) ? webhook.clientConfig.caBundle : undefined;
+      if (caBundle !== undefined && caBundle !== null) {
+        if (
+          typeof caBundle !== "string" ||
+          !/^[A-Za-z0-9+/]*={0,2}$/.test(caBundle) ||
+          caBundle.length % 4 !== 0
+        ) {
+          return new BadRequest(
+            `MutatingWebhookConfiguration in version "v1" cannot be handled as a MutatingWebhookConfiguration: ${field}.clientConfig.caBundle: illegal base64 data`,
+          );
+        }
+      }
+      if (typeof webhook.name !== "string" || webhook.name === "") {
+        errors.push({ reason: "FieldValueRequired", field: `${field}.name`, message: "Required value" });
+      } else if (names.has(webhook.name)) {
+        errors.push({
+          reason: "FieldValueInvalid",
+          field: `${field}.name`,
+          message: `Duplicate value: "${webhook.name}"`,
+        });
+      } else {
+        names.add(webhook.name);
+      }
+      if (!isObject(webhook.clientConfig)) {
+        errors.push({
+          reason: "FieldValueRequired",
+          field: `${field}.clientConfig`,
+          message: "Required value",
+        });
+      } else {
+        const { url, service } = webhook.clientConfig;
+        if ((url === undefined || url === null) === (service === undefined || service === null)) {
+          errors.push({
+            reason: "FieldValueRequired",
+            field: `${field}.clientConfig`,
+            message: "Required value: exactly one of url or service is required",
+          });
+        }
+      }
+      if (!Array.isArray(webhook.admissionReviewVersions) || webhook.admissionReviewVersions.length === 0) {
+        errors.push({
+          reason: "FieldValueRequired",
+          field: `${field}.admissionReviewVersions`,
+          message: "Required value: must specify one of v1, v1beta1",
+        });
+      }
+      if (typeof webhook.sideEffects !== "string") {
+        errors.push({
+          reason: "FieldValueRequired",
+          field: `${field}.sideEffects`,
+          message: "Required value: must specify one of None, NoneOnDryRun",
+        });
+      }
+    }
+    return errors;
+  },
+};
+
+const RESOURCES: readonly ResourceDef[] = [
+  SECRETS,
+  CONFIG_MAPS,
+  NAMESPACES,
+  LEASES,
+  TOKEN_REVIEWS,
+  MUTATING_WEBHOOK_CONFIGURATIONS,
+];
 
 const apiVersionOf = (r: ResourceDef): string => (r.group === "" ? r.version : `${r.group}/${r.version}`);
 /** `secrets`, `leases.coordination.k8s.io`: what Status messages call a resource. */
