@@ -20,6 +20,10 @@ const COMMANDS: Readonly<
     summary: "issue an xDS bootstrap or webhook certificate",
     run: async (argv) => (await import("./issue.js")).issueCommand(argv),
   },
+  webhook: {
+    summary: "run the injection webhook (adds the agent to OSM's pods)",
+    run: async (argv) => (await import("../webhook/main.js")).webhookCommand(argv),
+  },
   demo: {
     summary: "the whole flow on one machine",
     run: async (argv) => (await import("./demo.js")).demoCommand(argv),
