@@ -57,7 +57,7 @@ export class CaBundleKeeper {
     this.forbidden = new ForbiddenLog(
       options.logger,
       "ca_bundle.forbidden",
-      `grant get and patch on mutatingwebhookconfigurations "${options.name}"; retrying`,
+      "the API server keeps calling the webhook with the old caBundle until this is granted; retrying",
     );
     this.syncs = options.metrics.counter(
       "osm_cert_webhook_ca_bundle_syncs_total",

@@ -102,6 +102,10 @@ export async function startWebhook(
   let notReady: string | null = "waiting for the mesh root to issue the serving certificate";
   const admin = new AdminServer({ metrics, notReadyReason: () => notReady });
   const adminBound = await admin.listen(parseHostPort(flags["admin-listen"]));
+  logger.info(
+    { event: "webhook.admin_listening", admin: formatHostPort(adminBound) },
+    "admin endpoints up; ready once the serving certificate is issued",
+  );
   const stops: (() => Promise<void>)[] = [() => admin.close()];
   const stopAll = async () => {
     for (const stop of stops.reverse()) await stop();
