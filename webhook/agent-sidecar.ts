@@ -91,11 +91,12 @@ export function agentContainer(config: InjectionConfig): Record<string, unknown>
       requests: { cpu: config.resources.cpuRequest, memory: config.resources.memoryRequest },
       limits,
     },
-    // No kubelet probes. A probe reaches the pod IP, and osm-init redirects every inbound port but
-    // 15010 and 15901-15903 (all Envoy's) to Envoy's inbound listener, which is not up yet when the
-    // agent starts; the agent's admin port is loopback-only anyway. An exec probe would fork a
-    // second Node process inside the agent's 96Mi memory limit. The agent retries on its own and
-    // Envoy waits for its SDS secrets, so the pod is not Ready before the agent has served them.
+    // No kubelet probes, deliberately. The kubelet probes the pod IP, and osm-init redirects every
+    // inbound port except Envoy's own (15010, 15901-15903) to Envoy's inbound listener, which is not
+    // up while the agent starts; the agent's admin port is loopback-only anyway. An exec probe would
+    // fork a second Node process inside the agent's 96Mi limit. Instead: Envoy keeps listeners whose
+    // secrets come over SDS warming until the agent serves them, and an agent that exits is
+    // restarted by the kubelet (restartPolicy Always) with its restarts visible on the pod.
     securityContext: {
       // Envoy's UID: osm-init's iptables rules return this UID's outbound traffic untouched, so the
       // agent reaches the signing server while Envoy is not up yet.

@@ -18,7 +18,7 @@ import { type RunningWebhook, startWebhook } from "../../webhook/main.js";
 import { type CapturedLog, captureLog } from "../helpers/log-capture.js";
 import { admissionReview, type Json, osmInjectedPod } from "../helpers/osm-pods.js";
 import { openTestCa, tempDir } from "../helpers/pki.js";
-import { runCli } from "../helpers/processes.js";
+import { runCli, startCli } from "../helpers/processes.js";
 
 const SERVICE_DNS = "osm-cert-webhook.osm-system.svc";
 
@@ -365,4 +365,33 @@ test("CLI: --help exits 0; bad values exit 2 with one line naming the flag", asy
   });
   assert.equal(env.code, 2);
   assert.match(env.stderr, /invalid --listen/);
+});
+
+test("CLI: `osm-cert webhook` runs as a process, serves, and stops cleanly on SIGTERM", async () => {
+  const dir = await tempDir();
+  const ca = await openTestCa(dir.path);
+  const proc = startCli("webhook", [
+    "webhook",
+    "--ca-dir",
+    dir.path,
+    "--listen",
+    "127.0.0.1:0",
+    "--admin-listen",
+    "127.0.0.1:0",
+    "--agent-image",
+    "openservicemesh/osm-cert:0.1.0",
+  ]);
+  try {
+    const started = await proc.waitForEvent("webhook.started");
+    const answer = await send(started.address as string, ca.trustBundle().roots.join(""), {
+      body: JSON.stringify(admissionReview(osmInjectedPod())),
+    });
+    assert.equal((JSON.parse(answer.body) as Review).response.patchType, "JSONPatch");
+    proc.child.kill("SIGTERM");
+    assert.deepEqual(await proc.exited, { code: 0, signal: null });
+    assert.ok(proc.lines.some((l) => l.event === "webhook.stopped"));
+  } finally {
+    proc.child.kill("SIGKILL");
+    await dir.remove();
+  }
 });
