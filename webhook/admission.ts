@@ -14,6 +14,8 @@ export interface AdmissionRequest {
   readonly namespace: string;
   readonly name: string;
   readonly dryRun: boolean;
+  /** "" for the pod itself; pods/ephemeralcontainers and the like are never mutated here. */
+  readonly subResource: string;
   readonly object: unknown;
   /** Why the request is not a Pod we can look at; null when it is. */
   readonly notAPod: string | null;
@@ -49,6 +51,7 @@ export function parseAdmissionReview(body: string): ParsedReview {
       namespace: typeof request.namespace === "string" ? request.namespace : "",
       name: typeof request.name === "string" ? request.name : "",
       dryRun: request.dryRun === true,
+      subResource: typeof request.subResource === "string" ? request.subResource : "",
       object: request.object,
       notAPod: notAPod(request),
     },
@@ -62,9 +65,6 @@ function notAPod(request: JsonObject): string | null {
     return `this webhook serves v1 Pods, got kind ${describe(kind.group)}/${describe(kind.version)} ${describe(kind.kind)}`;
   if (resource.resource !== "pods")
     return `this webhook serves pods, got resource ${describe(resource.resource)}`;
-  if (request.subResource !== undefined && request.subResource !== "")
-    return `this webhook serves pods, not the ${describe(request.subResource)} subresource`;
-  if (!isObject(request.object)) return "the request carries no object";
   return null;
 }
 

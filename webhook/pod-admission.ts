@@ -18,12 +18,18 @@ export function reviewPod(request: AdmissionRequest, config: InjectionConfig): P
       outcome: "bad_request",
       reason: request.notAPod,
     };
-  if (request.operation !== "CREATE")
+  // Never in the way of what we do not mutate: a DELETE carries no object, and a subresource
+  // (ephemeral containers for kubectl debug, status) is not where the agent goes.
+  if (request.operation !== "CREATE" || request.subResource !== "")
     return {
       answer: { allowed: true, patch: [] },
       outcome: "skipped",
-      reason: `operation ${request.operation}`,
+      reason: `operation ${request.operation}${request.subResource === "" ? "" : ` on ${request.subResource}`}`,
     };
+  if (request.object === null || typeof request.object !== "object") {
+    const message = "the CREATE request carries no object";
+    return { answer: { allowed: false, code: 400, message }, outcome: "bad_request", reason: message };
+  }
   const mutation = mutatePod(request.object, config);
   if (!mutation.allowed)
     return {

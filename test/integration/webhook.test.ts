@@ -220,11 +220,15 @@ describe("osm-cert webhook over HTTPS", () => {
     assert.equal(answer.response.status?.code, 400);
     assert.match(answer.response.status?.message ?? "", /serves v1 Pods/);
     const noObject = await admit(admissionReview(osmInjectedPod(), { object: null }));
-    assert.match(noObject.response.status?.message ?? "", /no object/);
-    const subresource = await admit(
-      admissionReview(osmInjectedPod(), { subResource: "ephemeralcontainers" }),
-    );
-    assert.equal(subresource.response.allowed, false);
+    assert.equal(noObject.response.allowed, false);
+    assert.match(noObject.response.status?.message ?? "", /CREATE request carries no object/);
+  });
+
+  test("what we do not mutate is never blocked: DELETE (no object), subresources", async () => {
+    const deletion = await admit(admissionReview(osmInjectedPod(), { operation: "DELETE", object: null }));
+    assert.deepEqual(deletion.response, { uid: deletion.response.uid, allowed: true });
+    const debug = await admit(admissionReview(osmInjectedPod(), { subResource: "ephemeralcontainers" }));
+    assert.deepEqual(debug.response, { uid: debug.response.uid, allowed: true });
   });
 
   test("hostile input gets a clear HTTP error and the server keeps serving", async () => {
