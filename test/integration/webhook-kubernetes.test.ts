@@ -11,9 +11,10 @@ import { test } from "node:test";
 import { setTimeout as sleep } from "node:timers/promises";
 import { connect } from "node:tls";
 import { parseFlags } from "../../common/flags.js";
+import { MetricsRegistry } from "../../common/metrics.js";
 import { KubeClient, StaticToken } from "../../server/kubernetes/client.js";
 import { generateRoot } from "../../server/providers/tresor/ca-material.js";
-import { MUTATING_WEBHOOK_CONFIGURATIONS } from "../../webhook/ca-bundle-keeper.js";
+import { CaBundleKeeper, MUTATING_WEBHOOK_CONFIGURATIONS } from "../../webhook/ca-bundle-keeper.js";
 import { WEBHOOK_FLAGS } from "../../webhook/flags.js";
 import { startWebhook } from "../../webhook/main.js";
 import { FakeKubeApiServer } from "../fakes/kube-apiserver.js";
@@ -228,5 +229,80 @@ test("Kubernetes mode: waits for the root Secret, serves under it, keeps the caB
     await admin.close();
     await fake.close();
     await dir.remove();
+  }
+});
+
+test("caBundle keepers racing: the resourceVersion precondition turns the loser's write into a Conflict, then in sync", async () => {
+  const fake = await FakeKubeApiServer.start({ namespaces: [OSM_NS] });
+  const clients: KubeClient[] = [];
+  const client = (name: string) => {
+    const made = new KubeClient({
+      config: {
+        server: fake.url,
+        caPem: fake.caPem,
+        token: new StaticToken(fake.serviceAccountToken(OSM_NS, name), "test"),
+        namespace: OSM_NS,
+        source: "test",
+      },
+      retry: { baseDelayMs: 10, maxDelayMs: 40 },
+    });
+    clients.push(made);
+    return made;
+  };
+  try {
+    const root = generateRoot({
+      keyAlgorithm: "ecdsa-p256",
+      commonName: "osm.root",
+      validityMs: 3_600_000,
+    }).caCert;
+    const provider = {
+      trustBundle: () => ({ roots: [root], version: "1" }),
+      onTrustBundleChange: () => () => {},
+    };
+    fake.seed(
+      "mutatingwebhookconfigurations",
+      webhookConfiguration(undefined) as Parameters<typeof fake.seed>[1],
+    );
+    // Both read before either writes: each patch waits until both reads have answered.
+    let reads = 0;
+    let bothRead: () => void = () => {};
+    const barrier = new Promise<void>((resolve) => {
+      bothRead = resolve;
+    });
+    const keepers = ["a", "b"].map((name) => {
+      const real = client(`webhook-${name}`);
+      return new CaBundleKeeper({
+        client: {
+          get: async (...args: Parameters<KubeClient["get"]>) => {
+            const object = await real.get(...args);
+            if (++reads === 2) bothRead();
+            return object;
+          },
+          patch: async (...args: Parameters<KubeClient["patch"]>) => {
+            await barrier;
+            return real.patch(...args);
+          },
+        } as Pick<KubeClient, "get" | "patch">,
+        name: CONFIG_NAME,
+        provider,
+        logger: captureLog(name).logger,
+        metrics: new MetricsRegistry(),
+      });
+    });
+    // Both read the same version; exactly one write lands.
+    const results = (await Promise.all(keepers.map((k) => k.syncOnce()))).sort();
+    assert.deepEqual(results, ["conflict", "patched"]);
+    assert.deepEqual(await Promise.all(keepers.map((k) => k.syncOnce())), ["in_sync", "in_sync"]);
+    const stored = fake.object("mutatingwebhookconfigurations", undefined, CONFIG_NAME) as {
+      webhooks: { clientConfig: { caBundle?: string } }[];
+    };
+    const want = Buffer.from(root).toString("base64");
+    assert.deepEqual(
+      stored.webhooks.map((w) => w.clientConfig.caBundle),
+      [want, want],
+    );
+  } finally {
+    await Promise.all(clients.map((c) => c.close()));
+    await fake.close();
   }
 });
