@@ -24,6 +24,10 @@ const COMMANDS: Readonly<
     summary: "print Envoy's SDS cluster and secret configs (or a whole bootstrap)",
     run: async (argv) => (await import("./envoy-bootstrap.js")).envoyBootstrapCommand(argv),
   },
+  webhook: {
+    summary: "run the injection webhook (adds the agent to OSM's pods)",
+    run: async (argv) => (await import("../webhook/main.js")).webhookCommand(argv),
+  },
   demo: {
     summary: "the whole flow on one machine",
     run: async (argv) => (await import("./demo.js")).demoCommand(argv),

@@ -951,7 +951,7 @@ describe("Helm chart helm/osm-cert", () => {
 
       const sa = "bookstore-v2";
       const cn = `${sa}.${MESHED}.cluster.local`;
-      const { privateKey } = generateKeyPair("ecdsa-p256");
+      const { privateKey } = await generateKeyPair("ecdsa-p256");
       const csr = encodePem(
         "CERTIFICATE REQUEST",
         createCsr({
