@@ -20,6 +20,7 @@ COPY common ./common
 COPY proto ./proto
 COPY scripts ./scripts
 COPY server ./server
+COPY webhook ./webhook
 # Then only what `dependencies` need stays in node_modules. Source maps go: the image carries no
 # sources for them to point at.
 RUN npm run build \
@@ -40,6 +41,7 @@ COPY --from=build /src/dist/cli ./dist/cli
 COPY --from=build /src/dist/common ./dist/common
 COPY --from=build /src/dist/proto ./dist/proto
 COPY --from=build /src/dist/server ./dist/server
+COPY --from=build /src/dist/webhook ./dist/webhook
 # The bundle's licence notices travel with it.
 COPY --from=build /src/dist/agent.bundle.cjs /src/dist/agent.bundle.cjs.cache /src/dist/agent.bundle.cjs.LEGAL.txt ./dist/
 # The image's `node` user, by number: Kubernetes' runAsNonRoot can only verify a numeric USER. The

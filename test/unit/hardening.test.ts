@@ -2,18 +2,34 @@
 // server returns, key generation that cannot deadlock, and liveness that notices a stalled loop.
 
 import assert from "node:assert/strict";
-import { spawn } from "node:child_process";
+import { execFileSync, spawn } from "node:child_process";
+import { sign, X509Certificate } from "node:crypto";
+import { writeFile } from "node:fs/promises";
+import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, test } from "node:test";
 import { setTimeout as sleep } from "node:timers/promises";
+import { fileURLToPath } from "node:url";
 import { Rotator } from "../../agent/rotator.js";
 import { SecretCache } from "../../agent/secret-cache.js";
 import { AgentTrust } from "../../agent/trust.js";
 import { AdminServer } from "../../common/admin-http.js";
 import { makeIdentity } from "../../common/identity.js";
+import { generateKeyPair } from "../../common/keys.js";
 import { MetricsRegistry } from "../../common/metrics.js";
+import { encodePem } from "../../common/pem.js";
 import { MutableCertificateProvider } from "../../common/tls-material.js";
-import { parseCsrPem } from "../../common/x509/csr.js";
+import { encodeName } from "../../common/x509/certificate.js";
+import { createCsr, parseCsrPem } from "../../common/x509/csr.js";
+import {
+  derBitString,
+  derImplicitContext,
+  derNull,
+  derOid,
+  derSequence,
+  derSmallInteger,
+} from "../../common/x509/der.js";
+import { OID } from "../../common/x509/oids.js";
 import type { CreateCertificateResponse } from "../../proto/signing-api.js";
 import type { TresorProvider } from "../../server/providers/tresor/tresor.js";
 import { captureLog } from "../helpers/log-capture.js";
@@ -162,4 +178,55 @@ test("/healthz fails after the event loop stalled, while readiness is judged apa
   } finally {
     await admin.close();
   }
+});
+
+test("finding 6: certificates issued for every accepted key shape parse in Go's crypto/x509, OpenSSL and Node", async () => {
+  const ca = await newCa();
+  const dir = await tempDir();
+  dirs.push(dir);
+  const { privateKey: rsa, publicKey: rsaPublic } = await generateKeyPair("rsa-2048");
+  const { privateKey: p384 } = await generateKeyPair("ecdsa-p384");
+  const { privateKey: p256 } = await generateKeyPair("ecdsa-p256");
+  // An RSA CSR whose key carries no NULL parameters (as some clients send it): certified as sent,
+  // Go refused the certificate.
+  const rsaSpki = rsaPublic.export({ type: "pkcs1", format: "der" });
+  const noNullSpki = derSequence(derSequence(derOid(OID.rsaEncryption)), derBitString(rsaSpki));
+  const info = derSequence(
+    derSmallInteger(0),
+    encodeName({ commonName: CN }),
+    noNullSpki,
+    derImplicitContext(0),
+  );
+  const rsaNoNull = derSequence(
+    info,
+    derSequence(derOid(OID.sha256WithRsaEncryption), derNull()),
+    derBitString(sign("sha256", info, rsa)),
+  );
+  const csrs = {
+    "rsa-no-null": encodePem("CERTIFICATE REQUEST", rsaNoNull),
+    p384: encodePem("CERTIFICATE REQUEST", createCsr({ privateKey: p384, commonName: CN })),
+    p256: encodePem("CERTIFICATE REQUEST", createCsr({ privateKey: p256, commonName: CN })),
+  };
+  const files: string[] = [];
+  for (const [name, csrPem] of Object.entries(csrs)) {
+    const issued = await signerFrom(ca, []).createCertificate(csrPem, 3_600_000);
+    const file = join(dir.path, `${name}.pem`);
+    await writeFile(file, issued.certificate_chain.join(""));
+    files.push(file);
+    execFileSync("openssl", ["x509", "-in", file, "-noout"], { stdio: "ignore" });
+    assert.match(new X509Certificate(issued.certificate_chain.join("")).subjectAltName ?? "", /URI:spiffe/);
+  }
+  const goProgram = fileURLToPath(new URL("../../../test/go/parse-certificates.go", import.meta.url));
+  const out = execFileSync("go", ["run", goProgram, ...files], {
+    encoding: "utf8",
+    env: { ...process.env, GO111MODULE: "off", GOCACHE: join(tmpdir(), "osm-cert-go-cache"), GOFLAGS: "" },
+  });
+  assert.equal(
+    out
+      .trim()
+      .split("\n")
+      .filter((line) => line.startsWith("ok ")).length,
+    3,
+    out,
+  );
 });
