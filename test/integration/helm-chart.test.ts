@@ -36,6 +36,7 @@ import {
   type ResourceType,
   StaticToken,
 } from "../../server/kubernetes/client.js";
+import { WEBHOOK_FLAGS } from "../../webhook/flags.js";
 import { FakeKubeApiServer } from "../fakes/kube-apiserver.js";
 import { type RenderOptions, renderChart } from "../helpers/helm.js";
 import { tempDir } from "../helpers/pki.js";
@@ -551,6 +552,14 @@ describe("Helm chart helm/osm-cert", () => {
         "--agent-cpu-limit=",
         "--trust-domain=cluster.local",
       ]);
+      // And `osm-cert webhook` itself accepts them, with these values.
+      try {
+        const flags = parseFlags("webhook", WEBHOOK_FLAGS, (c.args ?? []).slice(1), {});
+        assert.equal(flags["agent-image"], "openservicemesh/osm-cert:0.1.0");
+        assert.equal(flags["signing-server"], `osm-cert.${NS}.svc:15443`);
+      } catch (error) {
+        assert.fail(`the webhook would refuse the chart's args: ${(error as FlagError).message}`);
+      }
     });
 
     test("image values: repository, tag (default appVersion) and pull policy reach both Deployments", async () => {
