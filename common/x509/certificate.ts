@@ -4,6 +4,7 @@
 
 import { createHash, type KeyObject, randomBytes, sign } from "node:crypto";
 import { isIPv4, isIPv6 } from "node:net";
+import { certificateParts } from "./certificate-names.js";
 import {
   DerError,
   DerReader,
@@ -363,24 +364,9 @@ export function buildCertificate(fields: CertificateFields, signer: CertificateS
   return derSequence(tbs, signer.algorithmIdentifier, derBitString(signature));
 }
 
-/** Walks a Certificate to its TBSCertificate fields, up to and including subjectPublicKeyInfo. */
 function tbsFields(certDer: Buffer): { subject: Buffer; spki: Buffer } {
   try {
-    const top = new DerReader(certDer);
-    const cert = top.expect(TAG.SEQUENCE, "Certificate");
-    top.expectEnd("Certificate");
-    const c = top.enter(cert);
-    const tbs = c.enter(c.expect(TAG.SEQUENCE, "tbsCertificate"));
-    tbs.optional(TAG.CONTEXT_CONSTRUCTED | 0, "tbsCertificate.version");
-    tbs.expect(TAG.INTEGER, "tbsCertificate.serialNumber");
-    tbs.expect(TAG.SEQUENCE, "tbsCertificate.signature");
-    tbs.expect(TAG.SEQUENCE, "tbsCertificate.issuer");
-    tbs.expect(TAG.SEQUENCE, "tbsCertificate.validity");
-    const subject = tbs.expect(TAG.SEQUENCE, "tbsCertificate.subject");
-    const spki = tbs.expect(TAG.SEQUENCE, "tbsCertificate.subjectPublicKeyInfo");
-    c.expect(TAG.SEQUENCE, "signatureAlgorithm");
-    c.expect(TAG.BIT_STRING, "signatureValue");
-    c.expectEnd("Certificate");
+    const { subject, spki } = certificateParts(certDer);
     return { subject: encodingOf(certDer, subject), spki: encodingOf(certDer, spki) };
   } catch (e) {
     throw asCertificateError(e, "certificate");

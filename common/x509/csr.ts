@@ -27,7 +27,13 @@ import {
   TAG,
   type Tlv,
 } from "./der.js";
-import { emptyGeneralNames, type GeneralNames, parseName, parseSubjectAltName } from "./names.js";
+import {
+  emptyGeneralNames,
+  type GeneralNames,
+  parseName,
+  parseSubjectAltName,
+  readExtensions,
+} from "./names.js";
 import { describeOid, OID, WEAK_CURVES } from "./oids.js";
 
 export type CsrErrorCode =
@@ -483,18 +489,7 @@ function parseAttributes(der: Buffer, tlv: Tlv | undefined): RequestedExtensions
 }
 
 function parseExtensions(der: Buffer, tlv: Tlv, out: RequestedExtensions): void {
-  const extensions = new DerReader(der, tlv.start, tlv.end);
-  while (!extensions.done) {
-    const extension = extensions.enter(extensions.expect(TAG.SEQUENCE, "extension"));
-    const oid = readOid(der, extension.expect(TAG.OID, "extnID"));
-    const critical = extension.optional(TAG.BOOLEAN, "extension critical");
-    if (critical !== undefined) readBoolean(der, critical, "extension critical");
-    const value = extension.expect(TAG.OCTET_STRING, "extnValue");
-    extension.expectEnd("extension");
-    // RFC 5280 §4.2: at most one instance of an extension; two would be two answers to one question.
-    if (out.extensionOids.includes(oid)) {
-      throw malformed(`extension ${describeOid(oid)} is requested more than once`);
-    }
+  for (const { oid, value } of readExtensions(der, tlv)) {
     out.extensionOids.push(oid);
     if (oid === OID.subjectAltName) parseSubjectAltName(der, value, out);
     else if (oid === OID.basicConstraints) out.requestsCa = parseBasicConstraints(der, value);

@@ -10,12 +10,14 @@ import {
   decodeOid,
   encodingOf,
   isStringTag,
+  readBoolean,
   readIa5String,
   readOid,
   readString,
   TAG,
   type Tlv,
 } from "./der.js";
+import { describeOid } from "./oids.js";
 
 export interface NameAttribute {
   readonly oid: string;
@@ -50,6 +52,34 @@ export function parseName(der: Buffer, tlv: Tlv, what: string): NameAttribute[] 
     }
   }
   return attributes;
+}
+
+export interface Extension {
+  readonly oid: string;
+  readonly critical: boolean;
+  /** The extnValue OCTET STRING's content. */
+  readonly value: Tlv;
+}
+
+/**
+ * The entries of an Extensions SEQUENCE (certificate or CSR extensionRequest), strictly framed.
+ * RFC 5280 §4.2: at most one instance of each; two would be two answers to one question.
+ */
+export function readExtensions(der: Buffer, tlv: Tlv): Extension[] {
+  const reader = new DerReader(der, tlv.start, tlv.end);
+  const found: Extension[] = [];
+  while (!reader.done) {
+    const extension = reader.enter(reader.expect(TAG.SEQUENCE, "extension"));
+    const oid = readOid(der, extension.expect(TAG.OID, "extnID"));
+    const criticalTlv = extension.optional(TAG.BOOLEAN, "extension critical");
+    const critical = criticalTlv !== undefined && readBoolean(der, criticalTlv, "extension critical");
+    const value = extension.expect(TAG.OCTET_STRING, "extnValue");
+    extension.expectEnd("extension");
+    if (found.some((e) => e.oid === oid))
+      throw new DerError(`extension ${describeOid(oid)} appears more than once`);
+    found.push({ oid, critical, value });
+  }
+  return found;
 }
 
 /** SAN entries by type. Kinds no mesh identity uses are only counted. */

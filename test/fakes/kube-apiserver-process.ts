@@ -20,25 +20,7 @@ const fake = await FakeKubeApiServer.start({ namespaces: ["osm-system", ...names
 const serverToken = fake.serviceAccountToken("osm-system", "osm-cert", {
   expiresAt: new Date(Date.now() + 86_400_000),
 });
-await writeFile(
-  kubeconfigPath,
-  JSON.stringify({
-    apiVersion: "v1",
-    kind: "Config",
-    "current-context": "fake",
-    clusters: [
-      {
-        name: "fake",
-        cluster: {
-          server: fake.url,
-          "certificate-authority-data": Buffer.from(fake.caPem).toString("base64"),
-        },
-      },
-    ],
-    users: [{ name: "osm-cert", user: { token: serverToken } }],
-    contexts: [{ name: "fake", context: { cluster: "fake", user: "osm-cert" } }],
-  }),
-);
+await writeFile(kubeconfigPath, fake.kubeconfig(serverToken));
 
 async function body(req: IncomingMessage): Promise<Record<string, unknown>> {
   let text = "";

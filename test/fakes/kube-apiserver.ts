@@ -1065,6 +1065,26 @@ export class FakeKubeApiServer {
     };
   }
 
+  /** A kubeconfig (JSON) for this server and a bearer token: what a client outside the cluster is handed. */
+  kubeconfig(token: string): string {
+    return JSON.stringify({
+      apiVersion: "v1",
+      kind: "Config",
+      "current-context": "fake",
+      clusters: [
+        {
+          name: "fake",
+          cluster: {
+            server: this.url,
+            "certificate-authority-data": Buffer.from(this.caPem).toString("base64"),
+          },
+        },
+      ],
+      users: [{ name: "user", user: { token } }],
+      contexts: [{ name: "fake", context: { cluster: "fake", user: "user" } }],
+    });
+  }
+
   /**
    * A projected ServiceAccount token as the kubelet mounts it: a signed JWT with the real claims
    * (aud, exp, iat, nbf, iss, sub, kubernetes.io), registered with this server.

@@ -913,25 +913,7 @@ describe("Helm chart helm/osm-cert", () => {
       const token = fake.serviceAccountToken(NS, "osm-cert", {
         expiresAt: new Date(Date.now() + 86_400_000),
       });
-      await writeFile(
-        kubeconfig,
-        JSON.stringify({
-          apiVersion: "v1",
-          kind: "Config",
-          "current-context": "fake",
-          clusters: [
-            {
-              name: "fake",
-              cluster: {
-                server: fake.url,
-                "certificate-authority-data": Buffer.from(fake.caPem).toString("base64"),
-              },
-            },
-          ],
-          users: [{ name: "osm-cert", user: { token } }],
-          contexts: [{ name: "fake", context: { cluster: "fake", user: "osm-cert" } }],
-        }),
-      );
+      await writeFile(kubeconfig, fake.kubeconfig(token));
       const started = await startServerProcess(null, [
         ...serverArgs,
         // The test's client dials the loopback address, not the Service name the chart's SANs carry.

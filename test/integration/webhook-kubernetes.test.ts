@@ -77,25 +77,7 @@ test("Kubernetes mode: waits for the root Secret, serves under it, keeps the caB
   const dir = await tempDir();
   const kubeconfig = join(dir.path, "kubeconfig.json");
   const user = FakeKubeApiServer.serviceAccountUser(OSM_NS, "osm-cert-webhook").username;
-  await writeFile(
-    kubeconfig,
-    JSON.stringify({
-      apiVersion: "v1",
-      kind: "Config",
-      "current-context": "fake",
-      clusters: [
-        {
-          name: "fake",
-          cluster: {
-            server: fake.url,
-            "certificate-authority-data": Buffer.from(fake.caPem).toString("base64"),
-          },
-        },
-      ],
-      users: [{ name: "webhook", user: { token: fake.serviceAccountToken(OSM_NS, "osm-cert-webhook") } }],
-      contexts: [{ name: "fake", context: { cluster: "fake", user: "webhook" } }],
-    }),
-  );
+  await writeFile(kubeconfig, fake.kubeconfig(fake.serviceAccountToken(OSM_NS, "osm-cert-webhook")));
   const admin = new KubeClient({
     config: {
       server: fake.url,

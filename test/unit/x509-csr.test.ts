@@ -552,7 +552,7 @@ test("structure errors are CSR_MALFORMED with the field named", () => {
   rejects(
     () => parseCsrDer(sign256(infoOf({ spki: p256Spki, attributes: extensionRequest(san, san) }))),
     "CSR_MALFORMED",
-    /2\.5\.29\.17 \(subjectAltName\) is requested more than once/,
+    /2\.5\.29\.17 \(subjectAltName\) appears more than once/,
   );
   const emptySan = derSequence(derOid(OID.subjectAltName), Buffer.from([0x04, 0x02, 0x30, 0x00]));
   rejects(
