@@ -22,6 +22,7 @@ import type { CertificateProvider } from "./providers/provider.js";
 import { DirectoryCaStore } from "./providers/tresor/directory-store.js";
 import { SecretCaStore } from "./providers/tresor/secret-store.js";
 import { type CaStore, TresorProvider } from "./providers/tresor/tresor.js";
+import { openVaultProvider } from "./providers/vault/config.js";
 import { SigningService } from "./signing-service.js";
 import { TokenAuthenticator } from "./token-review.js";
 
@@ -92,9 +93,11 @@ export async function openProvider(
           ),
       });
     }
+    case "vault":
+      return openVaultProvider(flags, logger, kube);
     default:
       throw new StartupError(
-        `--certificate-manager=${flags["certificate-manager"]} is not available in this build yet; use tresor`,
+        `--certificate-manager=${flags["certificate-manager"]} is not available in this build yet; use tresor or vault`,
       );
   }
 }
@@ -105,7 +108,8 @@ export async function issueServingCertificate(provider: CertificateProvider, san
   const dnsNames = sans.filter((s) => isIP(s) === 0);
   const ipAddresses = sans.filter((s) => isIP(s) !== 0);
   const commonName = dnsNames[0] ?? "osm-cert";
-  const csrDer = createCsr({ privateKey, commonName, dnsNames });
+  // Every name, IPs included: backends that read names from the CSR (Vault's use_csr_sans) see them all.
+  const csrDer = createCsr({ privateKey, commonName, dnsNames, ipAddresses });
   const issued = await provider.issue({
     csrPem: encodePem("CERTIFICATE REQUEST", csrDer),
     csr: parseCsrDer(csrDer),
@@ -116,7 +120,54 @@ export async function issueServingCertificate(provider: CertificateProvider, san
     ipAddresses,
     validityMs: SERVING_CERT_VALIDITY_MS,
   });
-  return { chainPem: issued.chainPem.join(""), keyPem: privateKeyToPem(privateKey) };
+  return { chainPem: issued.chainPem.join(""), keyPem: privateKeyToPem(privateKey), issued };
+}
+
+/**
+ * Backends may cap the serving certificate's lifetime (Vault clamps to the role's max_ttl): re-issue it
+ * at two thirds of its life, retrying every minute on failure while the current one is still valid.
+ */
+function renewServingCertificate(
+  provider: CertificateProvider,
+  sans: readonly string[],
+  first: { notBefore: Date; notAfter: Date },
+  tls: MutableCertificateProvider,
+  logger: Logger,
+): () => void {
+  let timer: NodeJS.Timeout | undefined;
+  const schedule = (notBefore: number, notAfter: number) => {
+    const at = notBefore + ((notAfter - notBefore) * 2) / 3;
+    // setTimeout holds at most ~24.8 days; a longer wait is taken in steps.
+    timer = setTimeout(renew, Math.min(2 ** 31 - 1, Math.max(1_000, at - Date.now())), notBefore, notAfter);
+    timer.unref();
+  };
+  const renew = (notBefore: number, notAfter: number) => {
+    if (Date.now() < notBefore + ((notAfter - notBefore) * 2) / 3) return schedule(notBefore, notAfter);
+    issueServingCertificate(provider, sans).then(
+      (next) => {
+        tls.setIdentity(next.chainPem, next.keyPem);
+        logger.info(
+          {
+            event: "serving_cert.renewed",
+            serial: next.issued.serialNumber,
+            notAfter: next.issued.notAfter.toISOString(),
+          },
+          "renewed the server's own serving certificate",
+        );
+        schedule(next.issued.notBefore.getTime(), next.issued.notAfter.getTime());
+      },
+      (error: unknown) => {
+        logger.error(
+          { event: "serving_cert.renew_failed", error: String(error) },
+          "could not renew the serving certificate",
+        );
+        timer = setTimeout(renew, 60_000, notBefore, notAfter);
+        timer.unref();
+      },
+    );
+  };
+  schedule(first.notBefore.getTime(), first.notAfter.getTime());
+  return () => clearTimeout(timer);
 }
 
 /**
@@ -177,6 +228,13 @@ export async function startServer(flags: ServerFlags, logger: Logger): Promise<R
   tls.setCaCertificates(bundle.roots.join(""));
   const serving = await issueServingCertificate(provider, flags["server-san"]);
   tls.setIdentity(serving.chainPem, serving.keyPem);
+  const stopServingRenewal = renewServingCertificate(
+    provider,
+    flags["server-san"],
+    serving.issued,
+    tls,
+    logger,
+  );
   provider.onTrustBundleChange((next) => tls.setCaCertificates(next.roots.join("")));
 
   const rootExpiry = metrics.gauge(
@@ -251,6 +309,7 @@ export async function startServer(flags: ServerFlags, logger: Logger): Promise<R
     adminAddress,
     async close() {
       ready = false;
+      stopServingRenewal();
       await stopLeading();
       await new Promise<void>((resolve) => {
         const force = setTimeout(() => {
