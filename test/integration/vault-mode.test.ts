@@ -15,7 +15,7 @@ import { connect, createServer, type TLSSocket } from "node:tls";
 import { fileURLToPath } from "node:url";
 import { CliProcess } from "../../cli/child-process.js";
 import { bootstrapCommonName, makeIdentity } from "../../common/identity.js";
-import { generateKeyPair, privateKeyToPem } from "../../common/keys.js";
+import { generateKeyPairAsync, privateKeyToPem } from "../../common/keys.js";
 import { encodePem } from "../../common/pem.js";
 import { createCsr } from "../../common/x509/csr.js";
 import { connectSds, decodeSecrets, SdsStream } from "../helpers/envoy-sds-client.js";
@@ -62,7 +62,7 @@ async function bootstrapFromVault(
   ns: string,
   sa: string,
 ): Promise<string> {
-  const { privateKey } = generateKeyPair("ecdsa-p256");
+  const { privateKey } = await generateKeyPairAsync("ecdsa-p256");
   const cn = bootstrapCommonName(randomUUID(), makeIdentity(sa, ns));
   const csr = encodePem("CERTIFICATE REQUEST", createCsr({ privateKey, commonName: cn }));
   const res = await fetch(`${vault.url}/v1/pki/sign/osm-bootstrap`, {
@@ -285,7 +285,7 @@ describe("Vault mode: server, agents and the fake Vault as processes", { timeout
   });
 
   test("error rows: each reaches the caller with its status and Vault's reason, and is logged with it", async () => {
-    const { privateKey } = generateKeyPair("ecdsa-p256");
+    const { privateKey } = await generateKeyPairAsync("ecdsa-p256");
     const cn = "bookstore-v2.bookstore.cluster.local";
     const csr = encodePem(
       "CERTIFICATE REQUEST",
@@ -490,5 +490,20 @@ describe("Vault mode: start-up", { timeout: 60_000 }, () => {
     } finally {
       await vault.proc.stop();
     }
+  });
+});
+
+describe("Vault mode: the demo", { timeout: 90_000 }, () => {
+  test("osm-cert demo --certificate-manager vault runs the whole flow against the fake Vault", async () => {
+    const result = await runCli(["demo", "--certificate-manager", "vault", "--cert-validity", "6s"]);
+    assert.equal(result.code, 0, result.stderr);
+    const text = result.lines.map((l) => l.msg ?? "").join("\n");
+    assert.match(text, /signing server \(Vault at http:\/\/127\.0\.0\.1:\d+, root key in Vault\)/);
+    assert.match(text, /ROOTCA = CN=Vault Root CA/);
+    assert.match(
+      text,
+      /mTLS TLSv1\.3 .*bookbuyer -> spiffe:\/\/cluster\.local\/ns\/bookstore\/sa\/bookstore-v2/,
+    );
+    assert.match(text, /Demo passed/);
   });
 });

@@ -4,7 +4,7 @@
 import assert from "node:assert/strict";
 import { X509Certificate } from "node:crypto";
 import { after, before, describe, test } from "node:test";
-import { generateKeyPair, type KeyAlgorithm } from "../../common/keys.js";
+import { generateKeyPairAsync, type KeyAlgorithm } from "../../common/keys.js";
 import { encodePem } from "../../common/pem.js";
 import { createCsr } from "../../common/x509/csr.js";
 import { FakeVault, fakeServiceAccountJwt, glob } from "../fakes/vault.js";
@@ -43,11 +43,11 @@ async function call(
   return { status: res.status, body, text, headers: res.headers };
 }
 
-function csrFor(
+async function csrFor(
   names: { cn: string; dns?: string[]; uris?: string[] },
   alg: KeyAlgorithm = "ecdsa-p256",
-): { pem: string; spki: Buffer } {
-  const { privateKey, publicKey } = generateKeyPair(alg);
+): Promise<{ pem: string; spki: Buffer }> {
+  const { privateKey, publicKey } = await generateKeyPairAsync(alg);
   const der = createCsr({
     privateKey,
     commonName: names.cn,
@@ -86,7 +86,7 @@ describe("fake Vault", () => {
   });
 
   test("sign/<role>: the server's names, the CSR's key, a chain to the mount's root", async () => {
-    const csr = csrFor({ cn: "ignored.cluster.local" });
+    const csr = await csrFor({ cn: "ignored.cluster.local" });
     const res = await call(vault, "POST", "pki/sign/osm", {
       token: signer,
       body: {
@@ -125,7 +125,7 @@ describe("fake Vault", () => {
   });
 
   test("Authorization: Bearer works like X-Vault-Token; none → 403 missing client token; bad → 403 permission denied", async () => {
-    const body = { csr: csrFor({ cn: "a" }).pem, common_name: "a.b.cluster.local" };
+    const body = { csr: (await csrFor({ cn: "a" })).pem, common_name: "a.b.cluster.local" };
     assert.equal((await call(vault, "POST", "pki/sign/osm", { bearer: signer, body })).status, 200);
     const none = await call(vault, "POST", "pki/sign/osm", { body });
     assert.deepEqual([none.status, none.body], [403, { errors: ["missing client token"] }]);
@@ -137,7 +137,7 @@ describe("fake Vault", () => {
     const reader = vault.createToken({ policies: [], ttl: "1h" });
     const res = await call(vault, "POST", "pki/sign/osm", {
       token: reader,
-      body: { csr: csrFor({ cn: "a" }).pem, common_name: "a.b.cluster.local" },
+      body: { csr: (await csrFor({ cn: "a" })).pem, common_name: "a.b.cluster.local" },
     });
     assert.deepEqual([res.status, res.body], [403, { errors: ["permission denied"] }]);
     for (const [token, expected] of [
@@ -181,13 +181,13 @@ describe("fake Vault", () => {
     for (const [params, message, alg] of cases) {
       const res = await call(vault, "POST", "pki/sign/osm", {
         token: signer,
-        body: { csr: csrFor({ cn: "x" }, alg).pem, ...params },
+        body: { csr: (await csrFor({ cn: "x" }, alg)).pem, ...params },
       });
       assert.deepEqual([res.status, res.body], [400, { errors: [message] }], message);
     }
     const unknown = await call(vault, "POST", "pki/sign/nope", {
       token: vault.rootToken,
-      body: { csr: csrFor({ cn: "x" }).pem },
+      body: { csr: (await csrFor({ cn: "x" })).pem },
     });
     assert.deepEqual([unknown.status, unknown.body], [400, { errors: ["unknown role: nope"] }]);
   });
@@ -201,21 +201,25 @@ describe("fake Vault", () => {
     });
     const p256 = await call(vault, "POST", "pki/sign/strict", {
       token: vault.rootToken,
-      body: { csr: csrFor({ cn: "x" }).pem, common_name: "cluster.local" },
+      body: { csr: (await csrFor({ cn: "x" })).pem, common_name: "cluster.local" },
     });
     assert.deepEqual(p256.body, {
       errors: ["role requires a minimum of a 384-bit key, but CSR's key is 256 bits"],
     });
     const ip = await call(vault, "POST", "pki/sign/strict", {
       token: vault.rootToken,
-      body: { csr: csrFor({ cn: "x" }, "ecdsa-p384").pem, common_name: "cluster.local", ip_sans: "10.0.0.1" },
+      body: {
+        csr: (await csrFor({ cn: "x" }, "ecdsa-p384")).pem,
+        common_name: "cluster.local",
+        ip_sans: "10.0.0.1",
+      },
     });
     assert.deepEqual(ip.body, {
       errors: ["IP Subject Alternative Names are not allowed in this role, but was provided [10.0.0.1]"],
     });
     const bare = await call(vault, "POST", "pki/sign/strict", {
       token: vault.rootToken,
-      body: { csr: csrFor({ cn: "x" }, "ecdsa-p384").pem, common_name: "cluster.local" },
+      body: { csr: (await csrFor({ cn: "x" }, "ecdsa-p384")).pem, common_name: "cluster.local" },
     });
     assert.equal(bare.status, 200, bare.text);
     assert.equal(glob("spiffe://cluster.local/*", "spiffe://cluster.local/ns/a/sa/b"), true);
@@ -226,7 +230,7 @@ describe("fake Vault", () => {
 
   test("use_csr_sans (the default for sign/): names come from the CSR and are still checked", async () => {
     vault.writeRole("csr-names", { ...MESH_ROLE, use_csr_common_name: true, use_csr_sans: true });
-    const csr = csrFor({ cn: "x.y.cluster.local", uris: ["spiffe://cluster.local/ns/y/sa/x"] });
+    const csr = await csrFor({ cn: "x.y.cluster.local", uris: ["spiffe://cluster.local/ns/y/sa/x"] });
     const res = await call(vault, "POST", "pki/sign/csr-names", {
       token: vault.rootToken,
       body: {
@@ -244,7 +248,7 @@ describe("fake Vault", () => {
   test("ttl above max_ttl is clamped with Vault's warning, not refused", async () => {
     const res = await call(vault, "POST", "pki/sign/osm", {
       token: signer,
-      body: { csr: csrFor({ cn: "x" }).pem, common_name: "a.b.cluster.local", ttl: "48h" },
+      body: { csr: (await csrFor({ cn: "x" })).pem, common_name: "a.b.cluster.local", ttl: "48h" },
     });
     assert.equal(res.status, 200);
     assert.deepEqual(res.body.warnings, [
@@ -307,7 +311,7 @@ describe("fake Vault", () => {
     assert.equal(auth.lease_duration, 3600);
     const signed = await call(vault, "POST", "pki/sign/osm", {
       token: auth.client_token,
-      body: { csr: csrFor({ cn: "x" }).pem, common_name: "a.b.cluster.local" },
+      body: { csr: (await csrFor({ cn: "x" })).pem, common_name: "a.b.cluster.local" },
     });
     assert.equal(signed.status, 200);
     const refusals: [Record<string, unknown>, number, string][] = [
@@ -414,7 +418,7 @@ describe("fake Vault: namespace, intermediate CA, HTTPS", () => {
         const res = await fetch(`${vault.url}/v1/pki/sign/osm`, {
           method: "POST",
           headers: { "x-vault-token": token, ...(namespace ? { "x-vault-namespace": namespace } : {}) },
-          body: JSON.stringify({ csr: csrFor({ cn: "x" }).pem, common_name: "a.b.cluster.local" }),
+          body: JSON.stringify({ csr: (await csrFor({ cn: "x" })).pem, common_name: "a.b.cluster.local" }),
           // @ts-expect-error undici's fetch option, not in the DOM types
           dispatcher,
         });

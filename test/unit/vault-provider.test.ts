@@ -8,7 +8,7 @@ import { writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { after, before, describe, test } from "node:test";
 import { FlagError } from "../../common/flags.js";
-import { generateKeyPair } from "../../common/keys.js";
+import { generateKeyPairAsync } from "../../common/keys.js";
 import { encodePem } from "../../common/pem.js";
 import { createCsr, parseCsrDer } from "../../common/x509/csr.js";
 import { type IssueRequest, ProviderError } from "../../server/providers/provider.js";
@@ -30,12 +30,13 @@ const ROLE: PkiRole = {
   use_csr_sans: false,
 };
 
-function serviceRequest(
+async function serviceRequest(
   sa = "bookstore",
   ns = "bookstore",
   csrNames: { dns?: string[]; uris?: string[] } = {},
-): IssueRequest {
-  const { privateKey } = generateKeyPair("ecdsa-p256");
+): Promise<IssueRequest> {
+  // Async generation: reading a sync-generated key's details can deadlock Node 20 (DESIGN.md §7).
+  const { privateKey } = await generateKeyPairAsync("ecdsa-p256");
   const cn = `${sa}.${ns}.cluster.local`;
   const uri = `spiffe://cluster.local/ns/${ns}/sa/${sa}`;
   const der = createCsr({
@@ -116,7 +117,7 @@ describe("Vault provider", () => {
   });
 
   test("signs through sign/<role> with the server's names; chain is the leaf alone under a root CA", async () => {
-    const request = serviceRequest();
+    const request = await serviceRequest();
     const issued = await provider.issue(request);
     assert.equal(issued.chainPem.length, 1, "the root is never part of the chain");
     const leaf = new X509Certificate(issued.chainPem[0] as string);
@@ -141,7 +142,7 @@ describe("Vault provider", () => {
     // with the extra name, and that leaf must be refused rather than served.
     vault.writeRole("osm", { ...ROLE, use_csr_common_name: true, use_csr_sans: true });
     try {
-      const request = serviceRequest("a", "b", { dns: ["a.b.cluster.local", "extra.b.cluster.local"] });
+      const request = await serviceRequest("a", "b", { dns: ["a.b.cluster.local", "extra.b.cluster.local"] });
       const e = await refusal(provider.issue(request));
       assert.equal(e.reason, "internal");
       assert.match(e.message, /SANs .* differ from the requested ones/);
@@ -154,7 +155,7 @@ describe("Vault provider", () => {
   test("error rows: 403 denied naming the path, 400 precondition with Vault's text, 5xx/503/429 unavailable after bounded retries", async () => {
     vault.writePolicy("osm-cert", {});
     try {
-      const e = await refusal(provider.issue(serviceRequest()));
+      const e = await refusal(provider.issue(await serviceRequest()));
       assert.equal(e.reason, "denied");
       assert.match(e.message, /permission denied.*"update" on pki\/sign\/osm/);
     } finally {
@@ -163,7 +164,7 @@ describe("Vault provider", () => {
 
     vault.writeRole("osm", { ...ROLE, allowed_domains: ["example.com"] });
     try {
-      const e = await refusal(provider.issue(serviceRequest()));
+      const e = await refusal(provider.issue(await serviceRequest()));
       assert.equal(e.reason, "precondition");
       assert.match(e.message, /common name bookstore\.bookstore\.cluster\.local not allowed by this role/);
       const logged = log.lines.find((l) => l.event === "vault.refused" && l.status === 400);
@@ -177,7 +178,7 @@ describe("Vault provider", () => {
     for (const status of [500, 502, 503, 429]) {
       const before = vault.requestsTo("pki/sign/osm").length;
       vault.failNext(3, status, "pki/sign");
-      const e = await refusal(provider.issue(serviceRequest()));
+      const e = await refusal(provider.issue(await serviceRequest()));
       assert.equal(e.reason, "unavailable", `HTTP ${status}`);
       assert.equal(vault.requestsTo("pki/sign/osm").length - before, 3, "three attempts, then give up");
       vault.clearFaults();
@@ -185,7 +186,7 @@ describe("Vault provider", () => {
 
     vault.seal();
     try {
-      const e = await refusal(provider.issue(serviceRequest()));
+      const e = await refusal(provider.issue(await serviceRequest()));
       assert.equal(e.reason, "unavailable");
       assert.match(e.message, /Vault is sealed/);
     } finally {
@@ -195,7 +196,7 @@ describe("Vault provider", () => {
     // One transient failure and one dropped connection are absorbed by the retries.
     vault.failNext(1, 502, "pki/sign");
     vault.dropNext(1, "pki/sign");
-    await provider.issue(serviceRequest());
+    await provider.issue(await serviceRequest());
     vault.clearFaults();
   });
 
@@ -204,7 +205,7 @@ describe("Vault provider", () => {
     try {
       vault.latencyMs = 2_000;
       const started = Date.now();
-      const e = await refusal(slow.provider.issue(serviceRequest()));
+      const e = await refusal(slow.provider.issue(await serviceRequest()));
       const took = Date.now() - started;
       assert.equal(e.reason, "unavailable");
       assert.match(e.message, /no answer within 300 ms/);
@@ -226,7 +227,7 @@ describe("Vault provider", () => {
       while (seen.length === 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50));
       assert.equal(seen.length, 1);
       assert.deepEqual(seen[0], [vault.rootPem, oldRoot]);
-      const issued = await own.provider.issue(serviceRequest());
+      const issued = await own.provider.issue(await serviceRequest());
       assert.ok(
         new X509Certificate(issued.chainPem[0] as string).verify(
           new X509Certificate(vault.rootPem).publicKey,
@@ -271,7 +272,7 @@ describe("Vault provider: token lifecycle and start-up", () => {
     try {
       await new Promise((r) => setTimeout(r, 3_000));
       assert.ok(vault.requestsTo("auth/token/renew-self").length >= 1);
-      await provider.issue(serviceRequest());
+      await provider.issue(await serviceRequest());
     } finally {
       await provider.close();
       await vault.close();
@@ -300,14 +301,14 @@ describe("Vault provider: token lifecycle and start-up", () => {
         jwtFile,
       });
       try {
-        await provider.issue(serviceRequest());
+        await provider.issue(await serviceRequest());
         await new Promise((r) => setTimeout(r, 4_500));
         assert.ok(vault.requestsTo("auth/kubernetes/login").length >= 2, "logged in again");
         assert.ok(
           vault.requests.every((r) => r.namespace === "mesh"),
           "X-Vault-Namespace on every call",
         );
-        await provider.issue(serviceRequest());
+        await provider.issue(await serviceRequest());
       } finally {
         await provider.close();
       }
@@ -330,7 +331,7 @@ describe("Vault provider: token lifecycle and start-up", () => {
     const { provider } = await open(vault, staticToken(token));
     try {
       vault.revokeToken(token);
-      const e = await refusal(provider.issue(serviceRequest()));
+      const e = await refusal(provider.issue(await serviceRequest()));
       assert.equal(e.reason, "denied");
     } finally {
       await provider.close();
@@ -346,7 +347,7 @@ describe("Vault provider: token lifecycle and start-up", () => {
       standby.standbyOf = active.url;
       const { provider } = await open(active, staticToken(active.rootToken), { address: standby.url });
       try {
-        await provider.issue(serviceRequest());
+        await provider.issue(await serviceRequest());
         assert.ok(standby.requestsTo("pki/sign/osm").every((r) => r.status === 307));
         assert.equal(active.requestsTo("pki/sign/osm").at(-1)?.status, 200);
       } finally {
