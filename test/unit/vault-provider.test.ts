@@ -11,11 +11,17 @@ import { FlagError } from "../../common/flags.js";
 import { generateKeyPairAsync } from "../../common/keys.js";
 import { encodePem } from "../../common/pem.js";
 import { createCsr, parseCsrDer } from "../../common/x509/csr.js";
+import { KubeClient, SECRETS, StaticToken } from "../../server/kubernetes/client.js";
 import { type IssueRequest, ProviderError } from "../../server/providers/provider.js";
 import { VaultClient } from "../../server/providers/vault/client.js";
-import { type VaultFlagValues, vaultSettings } from "../../server/providers/vault/config.js";
+import {
+  openVaultProvider,
+  type VaultFlagValues,
+  vaultSettings,
+} from "../../server/providers/vault/config.js";
 import { type TokenSourceConfig, VaultTokenManager } from "../../server/providers/vault/token.js";
 import { VaultProvider } from "../../server/providers/vault/vault.js";
+import { FakeKubeApiServer } from "../fakes/kube-apiserver.js";
 import { FakeVault, fakeServiceAccountJwt, type PkiRole } from "../fakes/vault.js";
 import { captureLog } from "../helpers/log-capture.js";
 import { tempDir } from "../helpers/pki.js";
@@ -356,6 +362,137 @@ describe("Vault provider: token lifecycle and start-up", () => {
     } finally {
       await active.close();
       await standby.close();
+    }
+  });
+});
+
+describe("Vault provider: token Secret, HTTPS", () => {
+  const flagsFor = (vault: FakeVault, extra: Partial<VaultFlagValues>): VaultFlagValues => ({
+    "vault-protocol": "http",
+    "vault-host": undefined,
+    "vault-port": undefined,
+    "vault-addr": vault.url,
+    "vault-role": "osm",
+    "vault-pki-mount": "pki",
+    "vault-namespace": undefined,
+    "vault-ca-file": undefined,
+    "vault-auth": "token",
+    "vault-token": undefined,
+    "vault-token-secret-name": undefined,
+    "vault-token-secret-key": undefined,
+    "vault-auth-role": undefined,
+    "vault-auth-mount": "kubernetes",
+    "vault-auth-token-file": "/nonexistent",
+    "vault-timeout": 2_000,
+    "vault-trust-bundle-refresh": 60_000,
+    "osm-namespace": "osm-system",
+    ...extra,
+  });
+
+  test("the token Secret is followed: a rotated token is picked up by the poll, and at once after a 403", async () => {
+    const vault = await FakeVault.start();
+    const kube = await FakeKubeApiServer.start({ namespaces: ["osm-system"] });
+    const client = new KubeClient({
+      config: {
+        server: kube.url,
+        caPem: kube.caPem,
+        token: new StaticToken(kube.serviceAccountToken("osm-system", "osm-cert"), "test"),
+        namespace: "osm-system",
+        source: "test",
+      },
+    });
+    const log = captureLog("vault-secret");
+    try {
+      vault.writeRole("osm", ROLE);
+      vault.writePolicy("osm-cert", { "pki/sign/osm": ["update"] });
+      const first = vault.createToken({ policies: ["osm-cert"], ttl: "1h" });
+      const setToken = async (token: string) => {
+        const secret = await client.get(SECRETS, "vault-token", { namespace: "osm-system" });
+        await client.update(SECRETS, { ...secret, data: { token: Buffer.from(token).toString("base64") } });
+      };
+      kube.seed("secrets", {
+        metadata: { name: "vault-token", namespace: "osm-system" },
+        data: { token: Buffer.from(first).toString("base64") },
+      });
+      const flags = flagsFor(vault, {
+        "vault-token-secret-name": "vault-token",
+        "vault-token-secret-key": "token",
+      });
+      const second = vault.createToken({ policies: ["osm-cert"], ttl: "1h" });
+      const provider = await openVaultProvider(flags, log.logger, client, { secretPollMs: 200 });
+      try {
+        await provider.issue(await serviceRequest());
+        // Rotated by the operator: the poll finds it.
+        await setToken(second);
+        const deadline = Date.now() + 5_000;
+        while (!log.lines.some((l) => l.event === "vault.token.replaced") && Date.now() < deadline) {
+          await new Promise((r) => setTimeout(r, 50));
+        }
+        vault.revokeToken(first);
+        await provider.issue(await serviceRequest());
+      } finally {
+        await provider.close();
+      }
+      // Rotated and the old one revoked long before the next poll: the 403 makes the server re-read at once.
+      const slow = await openVaultProvider(flags, log.logger, client);
+      try {
+        const third = vault.createToken({ policies: ["osm-cert"], ttl: "1h" });
+        await setToken(third);
+        vault.revokeToken(second);
+        const before = vault.requestsTo("pki/sign/osm").length;
+        await slow.issue(await serviceRequest());
+        assert.deepEqual(
+          vault
+            .requestsTo("pki/sign/osm")
+            .slice(before)
+            .map((r) => r.status),
+          [403, 200],
+        );
+        assert.ok(!JSON.stringify(log.lines).includes(third), "the token is never logged");
+      } finally {
+        await slow.close();
+      }
+      await assert.rejects(
+        openVaultProvider({ ...flags, "vault-token-secret-key": "missing" }, log.logger, client),
+        /Secret osm-system\/vault-token key missing: the key is missing/,
+      );
+      await assert.rejects(
+        openVaultProvider(flags, log.logger, null),
+        /--vault-token-secret-name needs the Kubernetes API/,
+      );
+    } finally {
+      await client.close();
+      await kube.close();
+      await vault.close();
+    }
+  });
+
+  test("https: Vault's listener verified with --vault-ca-file; without it start-up fails on TLS", async () => {
+    const vault = await FakeVault.start({ tls: true });
+    const dir = await tempDir();
+    const log = captureLog("vault-tls");
+    try {
+      vault.writeRole("osm", ROLE);
+      const caFile = join(dir.path, "vault-ca.pem");
+      await writeFile(caFile, vault.listenerCaPem as string);
+      const flags = flagsFor(vault, { "vault-token": vault.rootToken, "vault-ca-file": caFile });
+      const provider = await openVaultProvider(flags, log.logger, null);
+      try {
+        await provider.issue(await serviceRequest());
+      } finally {
+        await provider.close();
+      }
+      await assert.rejects(
+        openVaultProvider({ ...flags, "vault-ca-file": undefined }, log.logger, null),
+        /lookup-self: .*(self[- ]signed|unable to verify|UNABLE_TO|SELF_SIGNED)/i,
+      );
+      await assert.rejects(
+        openVaultProvider({ ...flags, "vault-ca-file": join(dir.path, "nope.pem") }, log.logger, null),
+        /--vault-ca-file .*nope\.pem: ENOENT/,
+      );
+    } finally {
+      await vault.close();
+      await dir.remove();
     }
   });
 });

@@ -122,6 +122,7 @@ export async function openVaultProvider(
   flags: VaultFlagValues,
   logger: Logger,
   kube: KubeClient | null,
+  tuning: { readonly secretPollMs?: number } = {},
 ): Promise<VaultProvider> {
   const settings = vaultSettings(flags);
   let caPem: string | undefined;
@@ -161,7 +162,7 @@ export async function openVaultProvider(
     source = {
       kind: "secret",
       describe: where,
-      pollMs: SECRET_POLL_MS,
+      pollMs: tuning.secretPollMs ?? SECRET_POLL_MS,
       read: async () => {
         const secret = await kube.get(SECRETS, choice.name, { namespace: flags["osm-namespace"] });
         const value = secret.data?.[choice.key];
