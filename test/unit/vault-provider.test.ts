@@ -329,6 +329,23 @@ describe("Vault provider: token lifecycle and start-up", () => {
     }
   });
 
+  test("Vault gone after start-up: UNAVAILABLE naming the connection error, after the bounded retries", async () => {
+    const vault = await FakeVault.start();
+    vault.writeRole("osm", ROLE);
+    const { provider } = await open(vault, staticToken(vault.rootToken));
+    try {
+      await vault.close();
+      const started = Date.now();
+      const e = await refusal(provider.issue(await serviceRequest()));
+      assert.equal(e.reason, "unavailable");
+      assert.match(e.message, /Vault is unreachable: .*ECONNREFUSED/);
+      assert.ok(Date.now() - started < 3_000);
+      assert.deepEqual(provider.trustBundle().roots, [vault.rootPem], "the bundle is kept");
+    } finally {
+      await provider.close();
+    }
+  });
+
   test("an expired static token is refused with PERMISSION_DENIED's reason", async () => {
     const vault = await FakeVault.start();
     vault.writeRole("osm", ROLE);

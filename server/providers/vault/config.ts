@@ -186,7 +186,7 @@ export async function openVaultProvider(
         event: "vault.ready",
         address: settings.address,
         signPath: `${flags["vault-pki-mount"]}/sign/${flags["vault-role"]}`,
-        token: tokens.describe(),
+        tokenSource: tokens.describe(),
         roots: provider.trustBundle().roots.length,
       },
       "signing with Vault",
