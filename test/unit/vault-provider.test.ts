@@ -362,6 +362,25 @@ describe("Vault provider: token lifecycle and start-up", () => {
     }
   });
 
+  test("an intermediate CA: the chain is leaf + intermediate, the bundle is the root only", async () => {
+    const vault = await FakeVault.start({ intermediate: true });
+    vault.writeRole("osm", ROLE);
+    const { provider } = await open(vault, staticToken(vault.rootToken));
+    try {
+      const issued = await provider.issue(await serviceRequest());
+      assert.equal(issued.chainPem.length, 2);
+      assert.equal(
+        new X509Certificate(issued.chainPem[1] as string).fingerprint256,
+        new X509Certificate(vault.issuerPem).fingerprint256,
+      );
+      assert.deepEqual(provider.trustBundle().roots, [vault.rootPem]);
+      assert.notEqual(vault.issuerPem, vault.rootPem);
+    } finally {
+      await provider.close();
+      await vault.close();
+    }
+  });
+
   test("a standby's 307 is followed once to the active node", async () => {
     const active = await FakeVault.start();
     const standby = await FakeVault.start();
