@@ -422,10 +422,11 @@ describe("Vault provider: token Secret, HTTPS", () => {
     "vault-timeout": 2_000,
     "vault-trust-bundle-refresh": 60_000,
     "osm-namespace": "osm-system",
+    "ca-bundle-secret-name": "osm-ca-bundle",
     ...extra,
   });
 
-  test("the token Secret is followed: a rotated token is picked up by the poll, and at once after a 403", async () => {
+  test("the token Secret is followed (poll, and at once after a 403); the CA bundle Secret holds ca.crt only", async () => {
     const vault = await FakeVault.start();
     const kube = await FakeKubeApiServer.start({ namespaces: ["osm-system"] });
     const client = new KubeClient({
@@ -466,6 +467,20 @@ describe("Vault provider: token Secret, HTTPS", () => {
         }
         vault.revokeToken(first);
         await provider.issue(await serviceRequest());
+
+        // The CA bundle Secret: ca.crt only, equal to the trust bundle, following a CA rotation.
+        const caOf = async () => {
+          const secret = await client.get(SECRETS, "osm-ca-bundle", { namespace: "osm-system" });
+          assert.deepEqual(Object.keys(secret.data ?? {}), ["ca.crt"]);
+          return Buffer.from(secret.data?.["ca.crt"] ?? "", "base64").toString("utf8");
+        };
+        assert.equal(await caOf(), vault.rootPem);
+        const oldRoot = vault.rootPem;
+        await vault.rotateCa();
+        await provider.refreshBundle();
+        const until = Date.now() + 5_000;
+        while ((await caOf()) === oldRoot && Date.now() < until) await new Promise((r) => setTimeout(r, 50));
+        assert.equal(await caOf(), `${vault.rootPem}${oldRoot}`);
       } finally {
         await provider.close();
       }
@@ -488,6 +503,21 @@ describe("Vault provider: token Secret, HTTPS", () => {
       } finally {
         await slow.close();
       }
+      // A Secret still holding Tresor's key is left alone, and said so.
+      kube.seed("secrets", {
+        metadata: { name: "old-tresor", namespace: "osm-system" },
+        data: { "ca.crt": "eA==", "private.key": "eQ==", expiration: "eg==" },
+      });
+      const keeps = await openVaultProvider(
+        { ...flags, "ca-bundle-secret-name": "old-tresor" },
+        log.logger,
+        client,
+      );
+      await keeps.close();
+      const old = await client.get(SECRETS, "old-tresor", { namespace: "osm-system" });
+      assert.deepEqual(old.data, { "ca.crt": "eA==", "private.key": "eQ==", expiration: "eg==" });
+      assert.ok(log.lines.some((l) => l.event === "vault.ca_bundle_secret.holds_key"));
+
       await assert.rejects(
         openVaultProvider({ ...flags, "vault-token-secret-key": "missing" }, log.logger, client),
         /Secret osm-system\/vault-token key missing: the key is missing/,
@@ -553,6 +583,7 @@ describe("Vault flags", () => {
     "vault-timeout": 5_000,
     "vault-trust-bundle-refresh": 60_000,
     "osm-namespace": "osm-system",
+    "ca-bundle-secret-name": "osm-ca-bundle",
   };
 
   test("OSM's defaults; VAULT_ADDR as an alternative", () => {

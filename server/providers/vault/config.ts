@@ -6,6 +6,7 @@ import { readFile } from "node:fs/promises";
 import { FlagError } from "../../../common/flags.js";
 import type { Logger } from "../../../common/logger.js";
 import { type KubeClient, SECRETS } from "../../kubernetes/client.js";
+import { publishCaBundleSecret } from "./ca-bundle-secret.js";
 import { VaultClient } from "./client.js";
 import { type TokenSourceConfig, VaultTokenManager } from "./token.js";
 import { VaultProvider, VaultStartupError } from "./vault.js";
@@ -30,6 +31,7 @@ export interface VaultFlagValues {
   "vault-timeout": number;
   "vault-trust-bundle-refresh": number;
   "osm-namespace": string;
+  "ca-bundle-secret-name": string;
 }
 
 export const DEFAULT_VAULT_HOST = "vault.default.svc.cluster.local";
@@ -181,6 +183,17 @@ export async function openVaultProvider(
       logger,
       refreshIntervalMs: flags["vault-trust-bundle-refresh"],
     });
+    if (kube !== null && flags["ca-bundle-secret-name"] !== "") {
+      // Kubernetes mode: the CA bundle Secret carries the root (ca.crt only) and follows its changes.
+      const target = {
+        client: kube,
+        namespace: flags["osm-namespace"],
+        name: flags["ca-bundle-secret-name"],
+        logger,
+      };
+      await publishCaBundleSecret(target, provider.trustBundle());
+      provider.onTrustBundleChange((bundle) => void publishCaBundleSecret(target, bundle));
+    }
     logger.info(
       {
         event: "vault.ready",
