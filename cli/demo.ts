@@ -3,15 +3,21 @@
 // agent, a real mTLS handshake between the workloads with the served certs, and one rotation
 // arriving on an open SDS stream. Exits 0 with a report, or 1 with the reason.
 
-import { X509Certificate } from "node:crypto";
+import { spawn } from "node:child_process";
+import { randomUUID, X509Certificate } from "node:crypto";
 import { once } from "node:events";
-import { mkdtemp, rm, stat } from "node:fs/promises";
+import { existsSync } from "node:fs";
+import { mkdir, mkdtemp, rm, stat, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { connect, createServer, type TLSSocket } from "node:tls";
 import { formatDuration } from "../common/duration.js";
 import { type FlagTable, parseFlags } from "../common/flags.js";
-import { type CliProcess, startCli } from "./child-process.js";
+import { bootstrapCommonName, makeIdentity } from "../common/identity.js";
+import { generateKeyPair, privateKeyToPem } from "../common/keys.js";
+import { encodePem } from "../common/pem.js";
+import { createCsr } from "../common/x509/csr.js";
+import { CliProcess, startCli } from "./child-process.js";
 import { type SdsSecret, SdsWatch } from "./sds-client.js";
 
 const DEMO_FLAGS = {
@@ -21,7 +27,71 @@ const DEMO_FLAGS = {
     default: "10s",
   },
   "keep-dir": { kind: "boolean", help: "keep the temporary directory (CA, logs) for inspection" },
+  "certificate-manager": {
+    kind: "string",
+    help: "tresor, or vault (the fake Vault from test/fakes unless --vault-addr names a real one)",
+    default: "tresor",
+    choices: ["tresor", "vault"],
+  },
+  "vault-addr": {
+    kind: "string",
+    help: "a real Vault set up as the README says (roles openservicemesh and osm-bootstrap); needs --vault-token",
+  },
+  "vault-token": {
+    kind: "string",
+    help: "token for a real Vault: update on pki/sign/openservicemesh and pki/sign/osm-bootstrap",
+    env: "VAULT_TOKEN",
+  },
 } as const satisfies FlagTable;
+
+interface DemoVault {
+  readonly addr: string;
+  readonly serverToken: string;
+  readonly bootstrapToken: string;
+  readonly caPem: string;
+}
+
+/** The fake Vault process, built from test/fakes into dist/ by `npm run build`. */
+async function startFakeVault(children: CliProcess[]): Promise<DemoVault> {
+  const path = new URL("../test/fakes/vault-process.js", import.meta.url);
+  if (!existsSync(path))
+    throw new Error("the Vault demo needs the fake Vault: run `npm run build` in a checkout");
+  const proc = new CliProcess(
+    spawn(process.execPath, [path.pathname], { stdio: ["ignore", "pipe", "pipe"] }),
+    "fake vault",
+  );
+  children.push(proc);
+  const info = await proc.waitForEvent("fake.started", 15_000);
+  return {
+    addr: String(info.url),
+    serverToken: String(info.serverToken),
+    bootstrapToken: String(info.rootToken),
+    caPem: String(info.rootPem),
+  };
+}
+
+/** What the injector (or an operator) does in Vault mode: Vault signs the pod's xDS bootstrap CSR. */
+async function bootstrapFromVault(vault: DemoVault, out: string, namespace: string, serviceAccount: string) {
+  const { privateKey } = await generateKeyPair("ecdsa-p256");
+  const cn = bootstrapCommonName(randomUUID(), makeIdentity(serviceAccount, namespace));
+  const csr = encodePem("CERTIFICATE REQUEST", createCsr({ privateKey, commonName: cn }));
+  const res = await fetch(`${vault.addr}/v1/pki/sign/osm-bootstrap`, {
+    method: "POST",
+    headers: { "x-vault-token": vault.bootstrapToken },
+    body: JSON.stringify({ csr, common_name: cn, ttl: "8760h", exclude_cn_from_sans: true }),
+    signal: AbortSignal.timeout(10_000),
+  });
+  const body = (await res.json()) as { data?: { certificate?: string }; errors?: string[] };
+  if (res.status !== 200 || body.data?.certificate === undefined) {
+    throw new Error(
+      `Vault refused the bootstrap certificate: HTTP ${res.status} ${JSON.stringify(body.errors ?? [])}`,
+    );
+  }
+  await mkdir(out, { recursive: true, mode: 0o700 });
+  await writeFile(join(out, "tls.crt"), `${body.data.certificate.trim()}\n`);
+  await writeFile(join(out, "tls.key"), privateKeyToPem(privateKey), { mode: 0o600 });
+  await writeFile(join(out, "ca.crt"), vault.caPem);
+}
 
 const WORKLOADS = [
   { name: "bookbuyer", namespace: "bookbuyer", serviceAccount: "bookbuyer" },
@@ -105,36 +175,65 @@ export async function demoCommand(argv: readonly string[]): Promise<void> {
   try {
     say(`osm-cert demo (working directory ${dir})`);
     const caDir = join(dir, "ca");
-    const server = startCli("server", [
+    let vault: DemoVault | null = null;
+    if (flags["certificate-manager"] === "vault") {
+      if (flags["vault-addr"] !== undefined) {
+        const token = flags["vault-token"] ?? "";
+        const chain = await fetch(`${flags["vault-addr"]}/v1/pki/ca_chain`, {
+          signal: AbortSignal.timeout(10_000),
+        });
+        vault = {
+          addr: flags["vault-addr"],
+          serverToken: token,
+          bootstrapToken: token,
+          caPem: await chain.text(),
+        };
+      } else {
+        vault = await startFakeVault(children);
+      }
+    }
+    const server = startCli(
       "server",
-      "--ca-dir",
-      caDir,
-      "--listen",
-      "127.0.0.1:0",
-      "--admin-listen",
-      "127.0.0.1:0",
-    ]);
+      [
+        "server",
+        ...(vault === null
+          ? ["--ca-dir", caDir]
+          : ["--certificate-manager", "vault", "--vault-addr", vault.addr]),
+        "--listen",
+        "127.0.0.1:0",
+        "--admin-listen",
+        "127.0.0.1:0",
+      ],
+      vault === null ? {} : { VAULT_TOKEN: vault.serverToken },
+    );
     children.push(server);
     const serverUp = await server.waitForEvent("server.started", 15_000);
-    say(`1. signing server (Tresor, new root in ${caDir}) listening on ${serverUp.address}`);
+    say(
+      vault === null
+        ? `1. signing server (Tresor, new root in ${caDir}) listening on ${serverUp.address}`
+        : `1. signing server (Vault at ${vault.addr}, root key in Vault) listening on ${serverUp.address}`,
+    );
 
     const agents = [];
     for (const w of WORKLOADS) {
       const out = join(dir, `${w.name}-bootstrap`);
-      const issue = startCli(`issue ${w.name}`, [
-        "issue",
-        "bootstrap",
-        "--namespace",
-        w.namespace,
-        "--service-account",
-        w.serviceAccount,
-        "--ca-dir",
-        caDir,
-        "--out",
-        out,
-      ]);
-      if ((await issue.exited).code !== 0)
-        throw new Error(`issue bootstrap for ${w.name} failed: ${issue.stderr.trim()}`);
+      if (vault !== null) await bootstrapFromVault(vault, out, w.namespace, w.serviceAccount);
+      else {
+        const issue = startCli(`issue ${w.name}`, [
+          "issue",
+          "bootstrap",
+          "--namespace",
+          w.namespace,
+          "--service-account",
+          w.serviceAccount,
+          "--ca-dir",
+          caDir,
+          "--out",
+          out,
+        ]);
+        if ((await issue.exited).code !== 0)
+          throw new Error(`issue bootstrap for ${w.name} failed: ${issue.stderr.trim()}`);
+      }
       const socket = join(dir, `${w.name}.sock`);
       const agent = startCli(`agent ${w.name}`, [
         "agent",

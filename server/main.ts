@@ -21,6 +21,7 @@ import type { CertificateProvider } from "./providers/provider.js";
 import { DirectoryCaStore } from "./providers/tresor/directory-store.js";
 import { SecretCaStore } from "./providers/tresor/secret-store.js";
 import { type CaStore, TresorProvider } from "./providers/tresor/tresor.js";
+import { openVaultProvider } from "./providers/vault/config.js";
 import { RequestGuard } from "./request-guard.js";
 import { ServingCertificate } from "./serving-certificate.js";
 import { SigningService } from "./signing-service.js";
@@ -98,9 +99,11 @@ export async function openProvider(
           ),
       });
     }
+    case "vault":
+      return openVaultProvider(flags, logger, kube);
     default:
       throw new FlagError(
-        `server: invalid --certificate-manager: ${flags["certificate-manager"]} is not available in this build yet; use tresor`,
+        `server: invalid --certificate-manager: ${flags["certificate-manager"]} is not available in this build yet; use tresor or vault`,
       );
   }
 }

@@ -16,6 +16,7 @@ import type { CertificateProvider, IssuedCertificate } from "./providers/provide
 
 /** Renew once this fraction of the lifetime has passed: a failed renewal then has a third left to retry. */
 const RENEW_AT_FRACTION = 2 / 3;
+const MAX_TIMER_MS = 2 ** 31 - 1;
 
 export interface ServingCertificateOptions {
   readonly provider: CertificateProvider;
@@ -54,8 +55,11 @@ export class ServingCertificate {
     const issued = await this.issue();
     this.current = issued;
     this.failures = 0;
-    const lifetime = issued.notAfter.getTime() - Date.now();
-    this.schedule(Math.max(1_000, lifetime * RENEW_AT_FRACTION));
+    // Backends may cap the lifetime (Vault clamps to the role's max_ttl): the schedule follows what
+    // was issued, not what was asked for.
+    const lifetime = issued.notAfter.getTime() - issued.notBefore.getTime();
+    const renewAt = issued.notBefore.getTime() + lifetime * RENEW_AT_FRACTION;
+    this.schedule(Math.max(1_000, renewAt - Date.now()));
     this.options.logger.info(
       { event: "serving_cert.issued", serial: issued.serialNumber, notAfter: issued.notAfter.toISOString() },
       "issued the signing server's serving certificate",
@@ -66,6 +70,12 @@ export class ServingCertificate {
   private schedule(delayMs: number): void {
     if (this.stopped) return;
     clearTimeout(this.timer);
+    if (delayMs > MAX_TIMER_MS) {
+      // setTimeout holds at most ~24.8 days; a longer wait is taken in steps.
+      this.timer = setTimeout(() => this.schedule(delayMs - MAX_TIMER_MS), MAX_TIMER_MS);
+      this.timer.unref();
+      return;
+    }
     this.timer = setTimeout(() => {
       this.renew().catch((error: unknown) => {
         const delay = backoffDelay(this.failures++, 1_000, 60_000);
@@ -91,7 +101,8 @@ export class ServingCertificate {
     const ipAddresses = sans.filter((s) => isIP(s) !== 0);
     const uris = [signingServerSpiffeId(trustDomain)];
     const commonName = dnsNames[0] ?? "osm-cert";
-    const csrDer = createCsr({ privateKey, commonName, dnsNames, uris });
+    // Every name, IPs included: backends that forward the CSR (Vault, cert-manager) see them all.
+    const csrDer = createCsr({ privateKey, commonName, dnsNames, uris, ipAddresses });
     const issued = await provider.issue({
       csrPem: encodePem("CERTIFICATE REQUEST", csrDer),
       csr: parseCsrDer(csrDer),

@@ -60,6 +60,7 @@ const PROVIDER_STATUS: Readonly<Record<ProviderError["reason"], Code>> = {
   unavailable: "UNAVAILABLE",
   denied: "PERMISSION_DENIED",
   invalid: "INVALID_ARGUMENT",
+  precondition: "FAILED_PRECONDITION",
   internal: "INTERNAL",
 };
 

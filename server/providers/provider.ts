@@ -40,7 +40,8 @@ export interface TrustBundle {
   readonly version: string;
 }
 
-export type ProviderErrorReason = "unavailable" | "denied" | "invalid" | "internal";
+/** "precondition": the backend's own configuration refuses the request (e.g. a Vault role constraint). */
+export type ProviderErrorReason = "unavailable" | "denied" | "invalid" | "precondition" | "internal";
 
 /** A backend failure with a reason the API maps to a status code and a message a human can act on. */
 export class ProviderError extends Error {
