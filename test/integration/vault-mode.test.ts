@@ -278,9 +278,9 @@ describe("Vault mode: server, agents and the fake Vault as processes", { timeout
     assert.ok(peer.verify(new X509Certificate(vault.info.rootPem).publicKey));
     assert.equal(
       peer.subjectAltName,
-      "DNS:localhost, DNS:osm-cert.osm-system.svc, DNS:osm-cert.osm-system.svc.cluster.local, IP Address:127.0.0.1",
+      "DNS:localhost, DNS:osm-cert.osm-system.svc, DNS:osm-cert.osm-system.svc.cluster.local, URI:spiffe://cluster.local/osm-cert/signing-server, IP Address:127.0.0.1",
     );
-    // Vault clamps the year asked for to the role's max_ttl (24h); the server renews at 2/3 of that.
+    // --serving-cert-validity (24h), within the role's max_ttl; the server renews at 2/3 of what it got.
     assert.ok(Date.parse(peer.validTo) - Date.now() <= 24 * 3_600_000 + 60_000);
   });
 
