@@ -348,7 +348,13 @@ test("a leader that cannot renew steps down within the renew deadline, before an
     await eventually("a steps down", () => a.stoppedAt.length === 1, 3_000);
     const lastRenew = Date.parse(leaseOf(fake)?.spec?.renewTime ?? "");
     const steppedDown = (a.stoppedAt[0] ?? 0) - lastRenew;
-    assert.ok(steppedDown >= TIMING.renewDeadlineMs - 50, `stepped down ${steppedDown} ms after renewing`);
+    // The elector counts its deadline from the moment its last successful attempt began, a little
+    // before that attempt stamped renewTime; on a loaded machine the gap grows, so it steps down up
+    // to one attempt's latency less than renewDeadline after renewTime (never more than a retry period).
+    assert.ok(
+      steppedDown >= TIMING.renewDeadlineMs - TIMING.retryPeriodMs,
+      `stepped down ${steppedDown} ms after renewing`,
+    );
     assert.ok(steppedDown < LEASE_SECONDS * 1000, "before the lease expired");
 
     await eventually("b leads", () => b.elector.isLeader);
