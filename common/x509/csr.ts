@@ -534,6 +534,8 @@ export function createCsr(opts: {
   commonName: string;
   dnsNames?: readonly string[];
   uris?: readonly string[];
+  /** IPv4/IPv6 SANs (the signing server's own CSR names its addresses). */
+  ipAddresses?: readonly string[];
 }): Buffer {
   let signer: ReturnType<typeof signerFor>;
   try {
@@ -550,8 +552,9 @@ export function createCsr(opts: {
     subject = encodeName({ commonName: opts.commonName });
     const dns = opts.dnsNames ?? [];
     const uris = opts.uris ?? [];
-    if (dns.length > 0 || uris.length > 0) {
-      const extensions = derSequence(ext.subjectAltName({ dns, uris }));
+    const ips = opts.ipAddresses ?? [];
+    if (dns.length > 0 || uris.length > 0 || ips.length > 0) {
+      const extensions = derSequence(ext.subjectAltName({ dns, uris, ips }));
       attributes = derConstructed(TAG.CONTEXT_CONSTRUCTED | 0, [
         derSequence(OID_EXTENSION_REQUEST, derSet(extensions)),
       ]);
