@@ -152,6 +152,29 @@ export const SERVER_FLAGS = {
     default: "cert-manager.io",
     env: "CERT_MANAGER_ISSUER_GROUP",
   },
+  // cert-manager provider: request handling (issue 8)
+  "cert-manager-preserve-requests": {
+    kind: "boolean",
+    help: "keep CertificateRequests after they finish, for debugging (they are deleted by default)",
+    env: "CERT_MANAGER_PRESERVE_REQUESTS",
+  },
+  "cert-manager-request-timeout": {
+    kind: "duration",
+    help: "how long a CSR may wait for the issuer (queue included) before DEADLINE_EXCEEDED",
+    default: "8s",
+  },
+  "cert-manager-max-in-flight": {
+    kind: "number",
+    help: "CertificateRequests that may exist at once per replica; more wait in a queue",
+    default: "32",
+    validate: positiveInteger,
+  },
+  "cert-manager-max-queued": {
+    kind: "number",
+    help: "CSRs that may wait for an in-flight slot; more get RESOURCE_EXHAUSTED with a retry hint",
+    default: "4096",
+    validate: positiveInteger,
+  },
 } as const satisfies FlagTable;
 
 /**

@@ -91,7 +91,8 @@ export class ServingCertificate {
     const ipAddresses = sans.filter((s) => isIP(s) !== 0);
     const uris = [signingServerSpiffeId(trustDomain)];
     const commonName = dnsNames[0] ?? "osm-cert";
-    const csrDer = createCsr({ privateKey, commonName, dnsNames, uris });
+    // The CSR names everything the certificate will: backends that sign the CSR as sent (cert-manager) need the IPs in it.
+    const csrDer = createCsr({ privateKey, commonName, dnsNames, uris, ipAddresses });
     const issued = await provider.issue({
       csrPem: encodePem("CERTIFICATE REQUEST", csrDer),
       csr: parseCsrDer(csrDer),

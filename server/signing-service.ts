@@ -61,6 +61,8 @@ const PROVIDER_STATUS: Readonly<Record<ProviderError["reason"], Code>> = {
   denied: "PERMISSION_DENIED",
   invalid: "INVALID_ARGUMENT",
   internal: "INTERNAL",
+  exhausted: "RESOURCE_EXHAUSTED",
+  deadline: "DEADLINE_EXCEEDED",
 };
 
 export class SigningService {
@@ -172,8 +174,12 @@ export class SigningService {
     }
 
     let issued: Awaited<ReturnType<CertificateProvider["issue"]>>;
+    // A caller that gave up (deadline, disconnect) frees what the backend holds for it.
+    const cancelled = new AbortController();
+    call.once("cancelled", () => cancelled.abort());
     try {
       issued = await provider.issue({
+        signal: cancelled.signal,
         csrPem,
         csr,
         profile: "service",

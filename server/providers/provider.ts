@@ -40,7 +40,15 @@ export interface TrustBundle {
   readonly version: string;
 }
 
-export type ProviderErrorReason = "unavailable" | "denied" | "invalid" | "internal";
+export type ProviderErrorReason =
+  | "unavailable"
+  | "denied"
+  | "invalid"
+  | "internal"
+  /** Too many requests in flight to the backend; the message says when to retry. */
+  | "exhausted"
+  /** The backend did not answer within its deadline. */
+  | "deadline";
 
 /** A backend failure with a reason the API maps to a status code and a message a human can act on. */
 export class ProviderError extends Error {
