@@ -107,7 +107,7 @@ export const SERVER_FLAGS = {
   },
   "ca-bundle-secret-name": {
     kind: "string",
-    help: "Secret holding Tresor's root in Kubernetes mode",
+    help: "Secret holding the mesh root in Kubernetes mode (Tresor keeps its CA there; cert-manager mode reads ca.crt from it)",
     default: "osm-ca-bundle",
     env: "OSM_CA_BUNDLE_SECRET_NAME",
   },
