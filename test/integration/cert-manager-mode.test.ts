@@ -323,7 +323,7 @@ describe("cert-manager mode: server, agents and the fake's signer as processes",
     await fake.call("POST", "/cert-manager/reset", {});
   });
 
-  test("an issuer that appends the root, or signs with another CA, is handled: root dropped, foreign chain refused", async () => {
+  test("an issuer that appends the root to status.certificate: the root is dropped from the returned chain", async () => {
     await fake.behave({ mode: "approve", includeRootInChain: true }, "withroot.bookstore.cluster.local");
     const client = new TestSigningClient(
       address,
