@@ -107,7 +107,7 @@ export const SERVER_FLAGS = {
   },
   "ca-bundle-secret-name": {
     kind: "string",
-    help: "Secret holding Tresor's root in Kubernetes mode",
+    help: "Secret holding the mesh root in Kubernetes mode (Tresor keeps its CA there; cert-manager mode reads ca.crt from it)",
     default: "osm-ca-bundle",
     env: "OSM_CA_BUNDLE_SECRET_NAME",
   },
@@ -215,6 +215,29 @@ export const SERVER_FLAGS = {
     help: "cert-manager issuer group",
     default: "cert-manager.io",
     env: "CERT_MANAGER_ISSUER_GROUP",
+  },
+  // cert-manager provider: request handling (issue 8)
+  "cert-manager-preserve-requests": {
+    kind: "boolean",
+    help: "keep CertificateRequests after they finish, for debugging (they are deleted by default)",
+    env: "CERT_MANAGER_PRESERVE_REQUESTS",
+  },
+  "cert-manager-request-timeout": {
+    kind: "duration",
+    help: "how long a CSR may wait for the issuer (queue included) before DEADLINE_EXCEEDED",
+    default: "8s",
+  },
+  "cert-manager-max-in-flight": {
+    kind: "number",
+    help: "CertificateRequests that may exist at once per replica; more wait in a queue",
+    default: "32",
+    validate: positiveInteger,
+  },
+  "cert-manager-max-queued": {
+    kind: "number",
+    help: "CSRs that may wait for an in-flight slot; more get RESOURCE_EXHAUSTED with a retry hint",
+    default: "4096",
+    validate: positiveInteger,
   },
 } as const satisfies FlagTable;
 

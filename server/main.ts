@@ -17,6 +17,7 @@ import { inClusterConfig, KubeClient, loadKubeconfig } from "./kubernetes/client
 import { LeaderElector } from "./kubernetes/leader-election.js";
 import { KubeTokenReviewer } from "./kubernetes/token-reviewer.js";
 import { TrustBundleDistributor } from "./kubernetes/trust-bundle-distributor.js";
+import { CertManagerProvider } from "./providers/cert-manager/cert-manager.js";
 import type { CertificateProvider } from "./providers/provider.js";
 import { DirectoryCaStore } from "./providers/tresor/directory-store.js";
 import { SecretCaStore } from "./providers/tresor/secret-store.js";
@@ -101,9 +102,35 @@ export async function openProvider(
     }
     case "vault":
       return openVaultProvider(flags, logger, kube);
+    case "cert-manager": {
+      if (kube === null) {
+        throw new FlagError(
+          "server: invalid --certificate-manager: cert-manager needs a Kubernetes API (--kubeconfig, or in-cluster credentials)",
+        );
+      }
+      try {
+        return await CertManagerProvider.open({
+          client: kube,
+          namespace: flags["osm-namespace"],
+          issuer: {
+            name: flags["cert-manager-issuer-name"],
+            kind: flags["cert-manager-issuer-kind"] as "Issuer" | "ClusterIssuer",
+            group: flags["cert-manager-issuer-group"],
+          },
+          caBundleSecretName: flags["ca-bundle-secret-name"],
+          preserveRequests: flags["cert-manager-preserve-requests"],
+          requestTimeoutMs: flags["cert-manager-request-timeout"],
+          maxInFlight: flags["cert-manager-max-in-flight"],
+          maxQueued: flags["cert-manager-max-queued"],
+          logger,
+        });
+      } catch (error) {
+        throw new StartupError(`cert-manager: ${(error as Error).message}`);
+      }
+    }
     default:
       throw new FlagError(
-        `server: invalid --certificate-manager: ${flags["certificate-manager"]} is not available in this build yet; use tresor or vault`,
+        `server: invalid --certificate-manager: ${flags["certificate-manager"]} is not available in this build; use tresor, vault or cert-manager`,
       );
   }
 }

@@ -62,6 +62,8 @@ const PROVIDER_STATUS: Readonly<Record<ProviderError["reason"], Code>> = {
   invalid: "INVALID_ARGUMENT",
   precondition: "FAILED_PRECONDITION",
   internal: "INTERNAL",
+  exhausted: "RESOURCE_EXHAUSTED",
+  deadline: "DEADLINE_EXCEEDED",
 };
 
 export class SigningService {
@@ -173,8 +175,12 @@ export class SigningService {
     }
 
     let issued: Awaited<ReturnType<CertificateProvider["issue"]>>;
+    // A caller that gave up (deadline, disconnect) frees what the backend holds for it.
+    const cancelled = new AbortController();
+    call.once("cancelled", () => cancelled.abort());
     try {
       issued = await provider.issue({
+        signal: cancelled.signal,
         csrPem,
         csr,
         profile: "service",

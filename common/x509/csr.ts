@@ -529,6 +529,7 @@ export function createCsr(opts: {
   commonName: string;
   dnsNames?: readonly string[];
   uris?: readonly string[];
+  /** IPv4/IPv6 SANs (the signing server's own CSR names its addresses). */
   ipAddresses?: readonly string[];
 }): Buffer {
   let signer: ReturnType<typeof signerFor>;

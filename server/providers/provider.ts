@@ -40,8 +40,17 @@ export interface TrustBundle {
   readonly version: string;
 }
 
-/** "precondition": the backend's own configuration refuses the request (e.g. a Vault role constraint). */
-export type ProviderErrorReason = "unavailable" | "denied" | "invalid" | "precondition" | "internal";
+export type ProviderErrorReason =
+  | "unavailable"
+  | "denied"
+  | "invalid"
+  /** The backend's own configuration refuses the request (e.g. a Vault role constraint). */
+  | "precondition"
+  | "internal"
+  /** Too many requests in flight to the backend; the message says when to retry. */
+  | "exhausted"
+  /** The backend did not answer within its deadline. */
+  | "deadline";
 
 /** A backend failure with a reason the API maps to a status code and a message a human can act on. */
 export class ProviderError extends Error {

@@ -8,6 +8,7 @@
 import { writeFile } from "node:fs/promises";
 import { createServer, type IncomingMessage } from "node:http";
 import type { AddressInfo } from "node:net";
+import type { SignerBehaviour } from "./cert-manager.js";
 import { type DenyRule, FakeKubeApiServer, type FaultMatch } from "./kube-apiserver.js";
 
 const [kubeconfigPath, ...namespaces] = process.argv.slice(2);
@@ -70,6 +71,32 @@ const control = createServer((req, res) => {
         );
       case "GET /requests":
         return reply(200, fake.requests);
+      case "POST /status":
+        return reply(
+          200,
+          fake.writeStatus(
+            String(input.resource),
+            input.namespace === undefined ? undefined : String(input.namespace),
+            String(input.name),
+            input.status as Parameters<FakeKubeApiServer["writeStatus"]>[3],
+          ),
+        );
+      case "POST /group":
+        fake.setGroupInstalled(String(input.group), input.installed === true);
+        return reply(200, {});
+      case "POST /cert-manager/behave":
+        fake.certManager.behave(
+          input.behaviour as unknown as SignerBehaviour,
+          input.commonName === undefined ? undefined : String(input.commonName),
+        );
+        return reply(200, {});
+      case "POST /cert-manager/reset":
+        fake.certManager.reset();
+        return reply(200, {});
+      case "GET /cert-manager/stats":
+        return reply(200, fake.certManager.stats());
+      case "GET /cert-manager/ca":
+        return reply(200, { caPem: await fake.certManager.caPem() });
       default:
         return reply(404, { error: `no control endpoint ${req.method} ${url.pathname}` });
     }

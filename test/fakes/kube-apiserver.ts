@@ -28,9 +28,10 @@ import {
   randomSerialNumber,
   signerFor,
 } from "../../common/x509/certificate.js";
+import { CERT_MANAGER_RESOURCES, CertManagerSigner } from "./cert-manager.js";
 
-type Json = null | boolean | number | string | Json[] | { [key: string]: Json };
-type JsonObject = { [key: string]: Json };
+export type Json = null | boolean | number | string | Json[] | { [key: string]: Json };
+export type JsonObject = { [key: string]: Json };
 
 export type Verb = "get" | "list" | "watch" | "create" | "update" | "patch" | "delete";
 
@@ -86,7 +87,7 @@ export interface RecordedRequest {
   readonly status: number;
 }
 
-interface ResourceDef {
+export interface ResourceDef {
   readonly group: string;
   readonly version: string;
   readonly plural: string;
@@ -97,15 +98,17 @@ interface ResourceDef {
   readonly fieldSelectors: readonly string[];
   /** Defaults and validation shared by create and update; returns field errors. */
   readonly prepare?: (object: JsonObject, previous: JsonObject | undefined) => FieldError[] | BadRequest;
+  /** Custom resources with a status subresource: writes to the object keep its status, and `/status` writes only status. */
+  readonly statusSubresource?: boolean;
 }
 
-interface FieldError {
+export interface FieldError {
   readonly reason: "FieldValueInvalid" | "FieldValueRequired" | "FieldValueTooLong" | "FieldValueForbidden";
   readonly field: string;
   readonly message: string;
 }
 
-class BadRequest {
+export class BadRequest {
   constructor(readonly message: string) {}
 }
 
@@ -114,6 +117,7 @@ interface Route {
   readonly verb: Verb;
   readonly namespace?: string;
   readonly name?: string;
+  readonly subresource?: "status";
   readonly query: URLSearchParams;
 }
 
@@ -123,7 +127,7 @@ interface Stored {
   readonly object: JsonObject;
 }
 
-interface ChangeEvent {
+export interface ChangeEvent {
   readonly rv: number;
   readonly type: "ADDED" | "MODIFIED" | "DELETED";
   readonly resource: ResourceDef;
@@ -737,6 +741,7 @@ const RESOURCES: readonly ResourceDef[] = [
   CLUSTER_ROLE_BINDINGS,
   NETWORK_POLICIES,
   SERVICE_MONITORS,
+  ...CERT_MANAGER_RESOURCES,
 ];
 
 const apiVersionOf = (r: ResourceDef): string => (r.group === "" ? r.version : `${r.group}/${r.version}`);
@@ -962,6 +967,9 @@ export class FakeKubeApiServer {
   private compactedThrough = 0;
   private bookmarkTimer: NodeJS.Timeout | undefined;
   private closed = false;
+  private readonly absentGroups = new Set<string>();
+  /** cert-manager's approver and CA issuer, acting on CertificateRequests and Issuers (cert-manager.ts). */
+  readonly certManager: CertManagerSigner;
 
   private constructor(
     private readonly server: Server,
@@ -973,6 +981,10 @@ export class FakeKubeApiServer {
   ) {
     this.url = `https://127.0.0.1:${port}`;
     this.caPem = caPem;
+    this.certManager = new CertManagerSigner({
+      object: (plural, namespace, name) => this.object(plural, namespace, name),
+      writeStatus: (plural, namespace, name, status) => this.writeStatus(plural, namespace, name, status),
+    });
   }
 
   static async start(options: FakeKubeApiServerOptions = {}): Promise<FakeKubeApiServer> {
@@ -1246,6 +1258,24 @@ export class FakeKubeApiServer {
     return clone(result);
   }
 
+  /**
+   * Whether the API group is served: false answers every path under it with the generic 404, as a
+   * cluster without those CRDs does (e.g. "cert-manager.io" before cert-manager is installed).
+   */
+  setGroupInstalled(group: string, installed: boolean): void {
+    if (installed) this.absentGroups.delete(group);
+    else this.absentGroups.add(group);
+  }
+
+  /** A write to the status subresource, as a controller makes it; returns the object or the failure Status. */
+  writeStatus(resource: string, namespace: string | undefined, name: string, status: Json): JsonObject {
+    const def = resourceByPlural(resource);
+    const current = this.objects.get(storeKey(def, namespace ?? "", name));
+    if (current === undefined) return notFound(def, name);
+    const next = { ...clone(current.object), status: clone(status) };
+    return this.updateObject(def, namespace, name, next, "update", "status");
+  }
+
   /** Requests matching all given fields. */
   count(
     match: Partial<
@@ -1299,6 +1329,11 @@ export class FakeKubeApiServer {
       const route = parseRoute(req.method ?? "GET", url);
       if (!("resource" in route)) {
         this.reply(ctx, route.status, route.body);
+        return;
+      }
+      if (this.absentGroups.has(route.resource.group)) {
+        // A cluster without the CRDs has no such API group: the generic 404 page.
+        this.reply(ctx, 404, pageNotFound());
         return;
       }
       ctx.route = route;
@@ -1370,7 +1405,14 @@ export class FakeKubeApiServer {
       case "update": {
         const parsed = parseObject(body, resource);
         if ("rejected" in parsed) return { status: 400, body: parsed.rejected };
-        const result = this.updateObject(resource, namespace, name ?? "", parsed.object, "update");
+        const result = this.updateObject(
+          resource,
+          namespace,
+          name ?? "",
+          parsed.object,
+          "update",
+          route.subresource,
+        );
         return { status: isFailure(result) ? Number(result.code) : 200, body: result };
       }
       case "patch":
@@ -1578,6 +1620,8 @@ export class FakeKubeApiServer {
     if (typeof metadata.resourceVersion === "string" && metadata.resourceVersion !== "") {
       return badRequest("resourceVersion should not be set on objects to be created");
     }
+    // With a status subresource, status is written only through /status (CRD semantics).
+    if (resource.statusSubresource === true) delete object.status;
     const prepared = resource.prepare?.(object, undefined) ?? [];
     if (prepared instanceof BadRequest) return badRequest(prepared.message);
     if (prepared.length > 0) return invalid(resource, name, prepared);
@@ -1596,6 +1640,7 @@ export class FakeKubeApiServer {
     name: string,
     object: JsonObject,
     verb: "update" | "patch",
+    subresource?: "status",
   ): JsonObject {
     const metadata: JsonObject = isObject(object.metadata) ? { ...object.metadata } : {};
     object.metadata = metadata;
@@ -1639,7 +1684,20 @@ export class FakeKubeApiServer {
     metadata.uid = currentMeta.uid ?? null;
     metadata.creationTimestamp = currentMeta.creationTimestamp ?? null;
     metadata.resourceVersion = currentMeta.resourceVersion ?? null;
-    const prepared = resource.prepare?.(object, current.object) ?? [];
+    if (resource.statusSubresource === true) {
+      // The main resource ignores status; /status changes status alone (labels and spec are kept).
+      if (subresource === "status") {
+        const status = object.status;
+        object = { ...clone(current.object), metadata: { ...(current.object.metadata as JsonObject) } };
+        if (status === undefined) delete object.status;
+        else object.status = status;
+      } else if (current.object.status === undefined) {
+        delete object.status;
+      } else {
+        object.status = clone(current.object.status);
+      }
+    }
+    const prepared = subresource === "status" ? [] : (resource.prepare?.(object, current.object) ?? []);
     if (prepared instanceof BadRequest) return badRequest(prepared.message);
     if (prepared.length > 0) return invalid(resource, name, prepared);
     const next = withTypeMeta(resource, object);
@@ -1673,7 +1731,7 @@ export class FakeKubeApiServer {
     // The merged object carries the current version unless the patch names one, which is then a precondition.
     const merged = mergePatch(clone(current.object), patch);
     if (!isObject(merged)) return { status: 400, body: badRequest("the patch result is not an object") };
-    const result = this.updateObject(resource, namespace, name, merged, "patch");
+    const result = this.updateObject(resource, namespace, name, merged, "patch", route.subresource);
     return { status: isFailure(result) ? Number(result.code) : 200, body: result };
   }
 
@@ -1790,6 +1848,7 @@ export class FakeKubeApiServer {
       if (snapshot.rv < this.compactedThrough) this.snapshots.delete(id);
     }
     for (const watcher of this.watchers) this.deliver(watcher, event);
+    this.certManager.observe(event);
   }
 
   // ----- list and watch ---------------------------------------------------------------------
@@ -2060,18 +2119,24 @@ function parseRoute(method: string, url: URL): Route | { status: number; body: J
   let namespace: string | undefined;
   let plural: string | undefined;
   let name: string | undefined;
+  let subresource: string | undefined;
   if (rest[0] === "namespaces" && rest.length >= 3) {
     namespace = rest[1];
     plural = rest[2];
     name = rest[3];
-    if (rest.length > 4) return { status: 404, body: pageNotFound() };
+    subresource = rest[4];
+    if (rest.length > 5) return { status: 404, body: pageNotFound() };
   } else {
     plural = rest[0];
     name = rest[1];
-    if (rest.length > 2 || plural === undefined) return { status: 404, body: pageNotFound() };
+    subresource = rest[2];
+    if (rest.length > 3 || plural === undefined) return { status: 404, body: pageNotFound() };
   }
   const resource = RESOURCES.find((r) => r.group === group && r.version === version && r.plural === plural);
   if (resource === undefined || (namespace !== undefined && !resource.namespaced)) {
+    return { status: 404, body: pageNotFound() };
+  }
+  if (subresource !== undefined && (subresource !== "status" || resource.statusSubresource !== true)) {
     return { status: 404, body: pageNotFound() };
   }
   const query = url.searchParams;
@@ -2095,7 +2160,8 @@ function parseRoute(method: string, url: URL): Route | { status: number; body: J
   }
   const createOnly = !resource.stored;
   const wrongScope = resource.namespaced && namespace === undefined && verb !== "list" && verb !== "watch";
-  if (verb === undefined || (createOnly && verb !== "create") || wrongScope) {
+  const statusVerb = subresource === undefined || verb === "get" || verb === "update" || verb === "patch";
+  if (verb === undefined || (createOnly && verb !== "create") || wrongScope || !statusVerb) {
     return {
       status: 405,
       body: failure(
@@ -2111,6 +2177,7 @@ function parseRoute(method: string, url: URL): Route | { status: number; body: J
     verb,
     ...(namespace === undefined ? {} : { namespace }),
     ...(name === undefined ? {} : { name }),
+    ...(subresource === "status" ? { subresource: "status" as const } : {}),
     query,
   };
 }

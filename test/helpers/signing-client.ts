@@ -38,17 +38,22 @@ export class TestSigningClient {
     }) as Untyped;
   }
 
-  create(csr: string, validityMs = 0): Promise<CreateCertificateResponse> {
+  create(csr: string, validityMs = 0, bearerToken?: string): Promise<CreateCertificateResponse> {
+    const metadata = new grpc.Metadata();
+    // A per-call credential: many identities over one connection (the channel's own token, if any, is replaced).
+    if (bearerToken !== undefined) metadata.set("authorization", `Bearer ${bearerToken}`);
     return new Promise((resolve, reject) => {
       (
         this.client.CreateCertificate as (
           r: object,
+          m: grpc.Metadata,
           o: object,
           cb: (e: grpc.ServiceError | null, r?: CreateCertificateResponse) => void,
         ) => void
       ).call(
         this.client,
         { csr, validity: msToDuration(validityMs) },
+        metadata,
         { deadline: Date.now() + 10_000 },
         (error, response) => (error ? reject(error) : resolve(response as CreateCertificateResponse)),
       );
@@ -67,6 +72,18 @@ export class TestSigningClient {
       });
       stream.once("error", reject);
     });
+  }
+
+  /** Every trust bundle message of one WatchTrustBundle stream; return() cancels it. */
+  async *watchBundles(): AsyncGenerator<TrustBundleMessage> {
+    const stream = (
+      this.client.WatchTrustBundle as (r: object) => grpc.ClientReadableStream<TrustBundleMessage>
+    ).call(this.client, {});
+    try {
+      for await (const bundle of stream as AsyncIterable<TrustBundleMessage>) yield bundle;
+    } finally {
+      stream.cancel();
+    }
   }
 
   close(): void {
