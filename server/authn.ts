@@ -159,7 +159,7 @@ export class CallerAuthenticator {
 }
 
 /** The address part of grpc-js's "address:port" peer string (IPv6 addresses hold colons too). */
-function peerAddress(peer: string): string {
+export function peerAddress(peer: string): string {
   const colon = peer.lastIndexOf(":");
   return colon > 0 && /^\d+$/.test(peer.slice(colon + 1)) ? peer.slice(0, colon) : peer;
 }
