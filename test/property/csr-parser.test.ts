@@ -23,7 +23,7 @@ const MAX_PARSE_MS = 250;
 
 forbidUnhandledRejections();
 
-function parsesOrRefuses(parse: () => unknown): void {
+function timedParse(parse: () => unknown): number {
   const started = performance.now();
   try {
     parse();
@@ -31,7 +31,14 @@ function parsesOrRefuses(parse: () => unknown): void {
     if (!(error instanceof CsrError)) throw error;
     assert.match(error.code, /^CSR_/);
   }
-  const ms = performance.now() - started;
+  return performance.now() - started;
+}
+
+function parsesOrRefuses(parse: () => unknown): void {
+  // A slow parse is timed again: a pathological input is slow every time, a GC pause or a busy
+  // machine is not.
+  if (timedParse(parse) < MAX_PARSE_MS) return;
+  const ms = timedParse(parse);
   assert.ok(ms < MAX_PARSE_MS, `one parse took ${ms.toFixed(0)} ms`);
 }
 

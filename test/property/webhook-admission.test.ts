@@ -173,7 +173,8 @@ function edited(pod: Json, edits: Edit[]): Json {
     }
     const last = path.at(-1) as string | number;
     if (remove) delete at[last];
-    else at[last] = value;
+    // A copy: fast-check hands the same value to several cases, and later edits write into it.
+    else at[last] = structuredClone(value);
   }
   return out;
 }
