@@ -10,6 +10,15 @@ import { generateKeyPair } from "../../common/keys.js";
 import { encodePem } from "../../common/pem.js";
 import { CsrError, createCsr, MAX_CSR_BYTES, parseCsrDer, parseCsrPem } from "../../common/x509/csr.js";
 import {
+  derBitString,
+  derInteger,
+  derNull,
+  derOid,
+  derSequence,
+  derSmallInteger,
+} from "../../common/x509/der.js";
+import { OID } from "../../common/x509/oids.js";
+import {
   forbidUnhandledRejections,
   heapUsedMb,
   propertyRuns,
@@ -148,4 +157,61 @@ test("parseCsrPem: random text, PEM-shaped text and mutated PEM end in a CsrErro
   );
   if (SOAK)
     console.log(`csr-parser PEM text: heapUsed ${before} MB -> ${heapUsedMb()} MB over ${RUNS} cases`);
+});
+
+// Found by the 10,000-case run: a mutated RSA CSR whose modulus happened to be prime took 0.5 s to
+// refuse (OpenSSL 3 runs ≥ 64 Miller–Rabin rounds on a prime whatever `checks` asks); a prime
+// 4096-bit modulus took 5 s of blocked event loop per CSR. Kept as regular cases.
+const FOUND_2048 = Buffer.from(
+  "MIIC6zCCAdMCAQAwLzEtMCsGA1UEAwwkYm9va3N0b3JlLXYyLmJvb2tzdG9yZS5jbHVzdGVyLmxvY2FsMIIBIjANBgkqhkiG" +
+    "9w0BAQEFAAOCAQ8AMIIBCgKCAQEAysk7eCIW8QdtKlAQHvppxkIMaD2+caMhjHtXkLUcx7FtiWNkMf/ITX8Y8tMd1ikeQGgn" +
+    "vUqjYyHv5rm53ucg3PKy5qwI2Cjg1/STbbYZseq7YfyjgcLVSLYWiJpiyHSyoX8QlsjNQdv5xG9ohMKzmoO9PI9HocDHsNSP" +
+    "eMyyV26SLTv6K1NkMpuT8zZUT97eJZmAmRpeJFKRl+6irYpq1n7rlt5sPY8m3SnOrqrfWi/jB3kBZpGON60vVU8Trsj6XRrD" +
+    "HrGT72NCS9aowpzso5uZMaX20aLcg3SFe/qI8ThZaRqYFlfHaaw+gDGyP2cn2+JakDFrY1aFtvEMSx2qewIDAQABoHcwdQYJ" +
+    "KoZIhvcNAQkOMWgwZjBkBgNVHREEXTBbgiRib29rc3RvcmUtdjIuYm9va3N0b3JlLmNsdXN0ZXIubG9jYWyGM3NwaWZmZTov" +
+    "L2NsdXN0ZXIubG9jYWwvbnMvYm9va3N0b3JlL3NhL2Jvb2tzdG9yZS12MjANBgkqhkiG9w0BAQsFAAOCAQEAvnw00pwFjHWW" +
+    "PnYVuPwkK2kg4NaK2bvpTk2ISA4n62AGoFkCUsrwiY7qWD/gmBZUzhJwxYu/iD8Lq0DvBuBnXqrWN821ZQvAVA5ZPbxJ+Qym" +
+    "nLG+N/ODOU9tNZPgNMpzAeIspg9oCAnfsB0lUx4OTVcGT+Mcspqm8mzmQxDyo6wzLfdBKdgawTGlsC8Y4XnXkkU079lLklW/" +
+    "RcWRvwOeygsFUjNWudq6Z+oW/4Cs/jGPfztWfBvafXuaped4rjZ+78epbNhfxvU3jhk1JZJlFFsT63keou7bEICKA6t0n+ht" +
+    "kw8QbaJFH9Rf18Q75GCwFoB+xaeOQ7RjSyTDEkN/ag==",
+  "base64",
+);
+const PRIME_4096 = BigInt(
+  "0x" +
+    "f2619b9bb9e36269310d8921a9639eda0c58d63f3b15acd0a9a25a590f5c3c23ea0bb960227cc9789e8d0d22d82dc4cf" +
+    "dbc0a854061d58a3b5ba378da21e7cf4481407d2c5a5ed11f569f076c56e6af78c28d4c47508ce912e5db0eff3ffbc38" +
+    "a6b0f8d9a5230b9d4816247efec253c78ccb0dc789a1c47a41836d8ac8c91c6bbbc3361817d5f1afee287c0e3a88677a" +
+    "80af9c2832df8e2012884c573bd7c8fde1ac558ee82c1c229a7d78c4eedcaddb66bdb9544d3a2ab15f1cb5fffa2fc83f" +
+    "83ec40a82c4b64dc91ed29905d2b1ce854e30edb2489168870f22354bf25192f563077059aeefed39c72a5fce0976994" +
+    "9f73643127ae485c5210ec93f9e48c7a19a0494c378970151c864393a9ca02ac455822b7d7bcbf42b141785692474e1a" +
+    "a578ced07a4130a6577d9ccd23a784d3dd165a64c116cded39ba0c30f1aa3e14693afb8b0653543b6fb46203b3574283" +
+    "e9994ceec8d901950779152f5c4f14ec86822307572b669e97012526753bab23fd9c9f7b4529d3db084424d089a1610f" +
+    "23b55c0df207670aa8228f400045be30f43a0f3590e782c51c7cdb5716c89aecf203535264cbec02bd25447b050e5e99" +
+    "d02b09c13efaa72072a984b034b6767fbe33bec79013b527dc47b9fc52e66a85817ab6e42e10a296179633e9ad985e6a" +
+    "c51fcc6b0a555ba7bb405d26bb5832c3359e663c7ef7ce145a4de78278bea08f",
+);
+
+test("a prime RSA modulus is refused as weak in milliseconds, not seconds", () => {
+  const csrWithModulus = (modulus: bigint): Buffer => {
+    const spki = derSequence(
+      derSequence(derOid(OID.rsaEncryption), derNull()),
+      derBitString(derSequence(derInteger(Buffer.from(modulus.toString(16), "hex")), derSmallInteger(65537))),
+    );
+    const info = derSequence(derSmallInteger(0), derSequence(), spki, Buffer.from([0xa0, 0x00]));
+    return derSequence(
+      info,
+      derSequence(derOid(OID.sha256WithRsaEncryption), derNull()),
+      derBitString(Buffer.alloc(512, 1)),
+    );
+  };
+  for (const der of [FOUND_2048, csrWithModulus(PRIME_4096)]) {
+    const started = performance.now();
+    assert.throws(
+      () => parseCsrDer(der),
+      (e: unknown) =>
+        e instanceof CsrError && e.code === "CSR_WEAK_KEY" && /modulus is prime/.test(e.message),
+    );
+    const ms = performance.now() - started;
+    assert.ok(ms < 500, `refused after ${Math.round(ms)} ms`);
+  }
 });
