@@ -77,14 +77,13 @@ export class Rotator {
   constructor(private readonly options: RotatorOptions) {
     this.spiffe = spiffeId(options.identity, options.trustDomain);
     this.commonName = serviceCommonName(options.identity, options.trustDomain);
-    this.attempts = options.metrics.counter(
-      "osm_cert_agent_rotations_total",
-      "Certificate requests by result.",
-    );
-    this.expiry = options.metrics.gauge(
-      "osm_cert_agent_cert_expiry_timestamp_seconds",
-      "notAfter of the served certificate.",
-    );
+    this.attempts = options.metrics
+      .counter("osm_cert_agent_rotations_total", "Certificate requests by result.")
+      .zero({ result: "success" })
+      .zero({ result: "failure" });
+    this.expiry = options.metrics
+      .gauge("osm_cert_agent_cert_expiry_timestamp_seconds", "notAfter of the served certificate.")
+      .zero();
     if (options.bootstrap !== null)
       options.tls.setIdentity(options.bootstrap.certPem, options.bootstrap.keyPem);
   }

@@ -4,6 +4,7 @@ import { createServer, type Server } from "node:http";
 import type { AddressInfo } from "node:net";
 import { LoopStallMonitor } from "./loop-stall.js";
 import type { MetricsRegistry } from "./metrics.js";
+import { type ProcessMetrics, registerProcessMetrics } from "./process-metrics.js";
 
 export interface AdminHandlers {
   readonly metrics: MetricsRegistry;
@@ -34,9 +35,12 @@ export function formatHostPort({ host, port }: HostPort): string {
 export class AdminServer {
   private readonly server: Server;
   private readonly stalls: LoopStallMonitor;
+  private readonly processMetrics: ProcessMetrics;
 
   constructor(private readonly handlers: AdminHandlers) {
     this.stalls = new LoopStallMonitor(handlers.stallThresholdMs ?? 10_000);
+    // Every process that has an admin endpoint reports its CPU, memory, fds, loop lag and GC.
+    this.processMetrics = registerProcessMetrics(handlers.metrics);
     this.server = createServer((req, res) => {
       const path = (req.url ?? "/").split("?")[0];
       if (req.method !== "GET" && req.method !== "HEAD") {
@@ -97,6 +101,7 @@ export class AdminServer {
 
   async close(): Promise<void> {
     this.stalls.stop();
+    this.processMetrics.stop();
     this.server.closeAllConnections();
     await new Promise<void>((resolve) => this.server.close(() => resolve()));
   }

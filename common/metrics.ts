@@ -23,7 +23,8 @@ function formatValue(value: number): string {
   return String(value);
 }
 
-interface Metric {
+/** One metric family: anything that renders its HELP, TYPE and samples at scrape time. */
+export interface Metric {
   readonly name: string;
   render(): string;
 }
@@ -37,6 +38,15 @@ abstract class Sampled implements Metric {
   ) {}
   get(labels?: Labels): number {
     return this.values.get(labelKey(labels)) ?? 0;
+  }
+  /**
+   * Shows a series as 0 before anything happened to it, so a dashboard or an alert on a rate sees
+   * 0 rather than no data. Call it for every label set known in advance (or none if unlabelled).
+   */
+  zero(labels?: Labels): this {
+    const key = labelKey(labels);
+    if (!this.values.has(key)) this.values.set(key, 0);
+    return this;
   }
   render(): string {
     let out = `# HELP ${this.name} ${this.help}\n# TYPE ${this.name} ${this.type}\n`;
@@ -86,13 +96,13 @@ export class Histogram implements Metric {
     private readonly help: string,
     private readonly buckets: readonly number[],
   ) {}
+  /** Shows a series with empty buckets before its first observation (see Sampled.zero). */
+  zero(labels?: Labels): this {
+    this.seriesFor(labelKey(labels));
+    return this;
+  }
   observe(value: number, labels?: Labels): void {
-    const key = labelKey(labels);
-    let s = this.series.get(key);
-    if (s === undefined) {
-      s = { counts: new Array<number>(this.buckets.length).fill(0), sum: 0, count: 0 };
-      this.series.set(key, s);
-    }
+    const s = this.seriesFor(labelKey(labels));
     for (let i = 0; i < this.buckets.length; i++) {
       if (value <= (this.buckets[i] as number)) s.counts[i] = (s.counts[i] as number) + 1;
     }
@@ -101,6 +111,14 @@ export class Histogram implements Metric {
   }
   count(labels?: Labels): number {
     return this.series.get(labelKey(labels))?.count ?? 0;
+  }
+  private seriesFor(key: string): HistogramSeries {
+    let s = this.series.get(key);
+    if (s === undefined) {
+      s = { counts: new Array<number>(this.buckets.length).fill(0), sum: 0, count: 0 };
+      this.series.set(key, s);
+    }
+    return s;
   }
   render(): string {
     let out = `# HELP ${this.name} ${this.help}\n# TYPE ${this.name} histogram\n`;
@@ -134,7 +152,8 @@ export class MetricsRegistry {
     for (const metric of this.metrics.values()) out += metric.render();
     return out;
   }
-  private register<M extends Metric>(metric: M): M {
+  /** Adds a family computed at scrape time (process and runtime metrics, see process-metrics.ts). */
+  register<M extends Metric>(metric: M): M {
     if (this.metrics.has(metric.name)) throw new Error(`metric ${metric.name} registered twice`);
     this.metrics.set(metric.name, metric);
     return metric;

@@ -38,6 +38,8 @@ const MAX_STREAMS_PER_CONNECTION = 16;
 const IDLE_CONNECTION_MS = 5 * 60_000;
 /** close() lets in-flight calls finish for this long before cutting connections. */
 const SHUTDOWN_GRACE_MS = 5_000;
+/** After close(), the process exits within this long even if a cut connection left a timer behind. */
+const LINGER_MS = 500;
 
 export class StartupError extends Error {
   readonly code = "ERR_OSM_CERT_STARTUP";
@@ -337,4 +339,8 @@ export async function serverCommand(argv: readonly string[]): Promise<void> {
   await waitForSignal(logger);
   await running.close();
   logger.info({ event: "server.stopped" }, "signing server stopped");
+  // Everything is closed, but a session grpc-js cut by force can still hold its keepalive or idle
+  // timer (60 s, 5 min) and keep the process alive that long (seen in test/integration/shutdown).
+  // The timer is unref'd: a process with nothing left exits at once, as before.
+  setTimeout(() => process.exit(0), LINGER_MS).unref();
 }

@@ -37,10 +37,13 @@ export class RequestGuard {
       "Calls without a verified client certificate whose request has not fully arrived yet.",
     );
     this.gauge.set(0);
-    this.refused = options.metrics.counter(
-      "osm_cert_server_requests_refused_total",
-      "Calls ended by the request guard, by reason (receive_timeout, too_many_receiving).",
-    );
+    this.refused = options.metrics
+      .counter(
+        "osm_cert_server_requests_refused_total",
+        "Calls ended by the request guard, by reason (receive_timeout, too_many_receiving).",
+      )
+      .zero({ reason: "too_many_receiving" })
+      .zero({ reason: "receive_timeout" });
   }
 
   get receivingCount(): number {

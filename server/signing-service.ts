@@ -79,19 +79,19 @@ export class SigningService {
 
   constructor(private readonly options: SigningServiceOptions) {
     const { metrics } = options;
-    this.issued = metrics.counter(
-      "osm_cert_server_issuance_total",
-      "CreateCertificate calls by provider and gRPC status code.",
-    );
-    this.latency = metrics.histogram(
-      "osm_cert_server_issuance_duration_seconds",
-      "CreateCertificate latency by provider and gRPC status code.",
-      LATENCY_BUCKETS_SECONDS,
-    );
-    this.watchers = metrics.counter(
-      "osm_cert_server_trust_bundle_watches_total",
-      "WatchTrustBundle streams opened.",
-    );
+    this.issued = metrics
+      .counter("osm_cert_server_issuance_total", "CreateCertificate calls by provider and gRPC status code.")
+      .zero({ provider: options.provider.name, code: "OK" });
+    this.latency = metrics
+      .histogram(
+        "osm_cert_server_issuance_duration_seconds",
+        "CreateCertificate latency by provider and gRPC status code.",
+        LATENCY_BUCKETS_SECONDS,
+      )
+      .zero({ provider: options.provider.name, code: "OK" });
+    this.watchers = metrics
+      .counter("osm_cert_server_trust_bundle_watches_total", "WatchTrustBundle streams opened.")
+      .zero();
   }
 
   register(server: grpc.Server): void {

@@ -59,10 +59,17 @@ export class CaBundleKeeper {
       "ca_bundle.forbidden",
       "the API server keeps calling the webhook with the old caBundle until this is granted; retrying",
     );
-    this.syncs = options.metrics.counter(
-      "osm_cert_webhook_ca_bundle_syncs_total",
-      "caBundle reconciliations by result: in_sync, patched, conflict, not_found, forbidden, error.",
-    );
+    this.syncs = options.metrics
+      .counter(
+        "osm_cert_webhook_ca_bundle_syncs_total",
+        "caBundle reconciliations by result: in_sync, patched, conflict, not_found, forbidden, error.",
+      )
+      .zero({ result: "in_sync" })
+      .zero({ result: "patched" })
+      .zero({ result: "conflict" })
+      .zero({ result: "not_found" })
+      .zero({ result: "forbidden" })
+      .zero({ result: "error" });
   }
 
   async run(signal: AbortSignal): Promise<void> {

@@ -47,15 +47,23 @@ export class AdmissionServer {
 
   constructor(private readonly options: AdmissionServerOptions) {
     this.maxBodyBytes = options.maxBodyBytes ?? DEFAULT_MAX_BODY_BYTES;
-    this.admissions = options.metrics.counter(
-      "osm_cert_webhook_admissions_total",
-      "Admission requests by result: injected, unchanged, skipped, refused, bad_request.",
-    );
-    this.latency = options.metrics.histogram(
-      "osm_cert_webhook_admission_duration_seconds",
-      "Time from request to answer.",
-      LATENCY_BUCKETS_SECONDS,
-    );
+    this.admissions = options.metrics
+      .counter(
+        "osm_cert_webhook_admissions_total",
+        "Admission requests by result: injected, unchanged, skipped, refused, bad_request.",
+      )
+      .zero({ result: "injected" })
+      .zero({ result: "unchanged" })
+      .zero({ result: "skipped" })
+      .zero({ result: "refused" })
+      .zero({ result: "bad_request" });
+    this.latency = options.metrics
+      .histogram(
+        "osm_cert_webhook_admission_duration_seconds",
+        "Time from request to answer.",
+        LATENCY_BUCKETS_SECONDS,
+      )
+      .zero();
     this.server = createServer(
       {
         cert: options.identity.certPem,

@@ -95,10 +95,12 @@ export async function startWebhook(
   const config = injectionConfig(flags);
   const names = servingNames(flags["webhook-service"], flags["osm-namespace"]);
   const metrics = new MetricsRegistry();
-  const certExpiry = metrics.gauge(
-    "osm_cert_webhook_serving_cert_expiry_timestamp_seconds",
-    "notAfter of the certificate the webhook serves.",
-  );
+  const certExpiry = metrics
+    .gauge(
+      "osm_cert_webhook_serving_cert_expiry_timestamp_seconds",
+      "notAfter of the certificate the webhook serves.",
+    )
+    .zero();
   let notReady: string | null = "waiting for the mesh root to issue the serving certificate";
   const admin = new AdminServer({ metrics, notReadyReason: () => notReady });
   const adminBound = await admin.listen(parseHostPort(flags["admin-listen"]));

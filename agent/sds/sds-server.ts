@@ -130,18 +130,15 @@ export class SdsServer {
     this.cache = options.cache;
     this.logger = options.logger;
     this.resources = new SecretResources({ source: options.cache, identity: options.identity });
-    this.streamsGauge = options.metrics.gauge(
-      "osm_cert_agent_sds_streams",
-      "Open SDS streams (StreamSecrets and DeltaSecrets).",
-    );
-    this.pushes = options.metrics.counter(
-      "osm_cert_agent_sds_pushes_total",
-      "SDS responses sent on streams.",
-    );
-    this.nacks = options.metrics.counter(
-      "osm_cert_agent_sds_nacks_total",
-      "SDS responses rejected by Envoy (NACK).",
-    );
+    this.streamsGauge = options.metrics
+      .gauge("osm_cert_agent_sds_streams", "Open SDS streams (StreamSecrets and DeltaSecrets).")
+      .zero();
+    this.pushes = options.metrics
+      .counter("osm_cert_agent_sds_pushes_total", "SDS responses sent on streams.")
+      .zero();
+    this.nacks = options.metrics
+      .counter("osm_cert_agent_sds_nacks_total", "SDS responses rejected by Envoy (NACK).")
+      .zero();
   }
 
   get streamCount(): number {

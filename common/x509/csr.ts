@@ -3,7 +3,18 @@
 // keeps every byte it hands out identical to the input, and verifies the self-signature with
 // node's native crypto; it is fuzzed and cross-checked against @peculiar/x509 in the unit tests.
 
-import { checkPrimeSync, createPublicKey, type JsonWebKey, type KeyObject, sign, verify } from "node:crypto";
+import {
+  checkPrimeSync,
+  constants,
+  createPrivateKey,
+  createPublicKey,
+  type JsonWebKey,
+  type KeyObject,
+  privateDecrypt,
+  publicEncrypt,
+  sign,
+  verify,
+} from "node:crypto";
 import { decodePemBlocks } from "../pem.js";
 import { CertificateError, encodeName, ext, signerFor } from "./certificate.js";
 import {
@@ -250,17 +261,69 @@ function gcd(a: bigint, b: bigint): bigint {
   return x;
 }
 
+/** e⁻¹ mod m, or null when e and m are not coprime. */
+function modInverse(e: bigint, m: bigint): bigint | null {
+  let [r0, r1, s0, s1] = [m, e % m, 0n, 1n];
+  while (r1 !== 0n) {
+    const q = r0 / r1;
+    [r0, r1] = [r1, r0 - q * r1];
+    [s0, s1] = [s1, s0 - q * s1];
+  }
+  return r0 === 1n ? ((s0 % m) + m) % m : null;
+}
+
+const base64url = (n: bigint): string => {
+  const hex = n.toString(16);
+  return Buffer.from(hex.length % 2 === 0 ? hex : `0${hex}`, "hex").toString("base64url");
+};
+
+/**
+ * Whether anyone can sign for this key: true when n is prime, found the way an attacker would —
+ * d = e⁻¹ mod (n − 1) — and checked by one native modular exponentiation. As a CRT key with p = n,
+ * q = 1 and qi = 1, OpenSSL's private operation reduces to c^d mod n.
+ */
+function privateExponentFollows(modulus: Buffer, n: bigint, e: bigint): boolean {
+  const d = modInverse(e, n - 1n);
+  // No inverse: no private exponent at all, so no signature by this key can verify either.
+  if (d === null) return false;
+  try {
+    const key = createPrivateKey({
+      key: {
+        kty: "RSA",
+        n: base64url(n),
+        e: base64url(e),
+        d: base64url(d),
+        p: base64url(n),
+        q: base64url(1n),
+        dp: base64url(d),
+        dq: base64url(0n),
+        qi: base64url(1n),
+      },
+      format: "jwk",
+    });
+    const x = Buffer.alloc(modulus.length);
+    x[x.length - 1] = 2;
+    const c = publicEncrypt({ key, padding: constants.RSA_NO_PADDING }, x);
+    return privateDecrypt({ key, padding: constants.RSA_NO_PADDING }, c).equals(x);
+  } catch {
+    // OpenSSL refused the construction: decide the slow way rather than let a prime through.
+    return checkPrimeSync(n, { checks: 2 });
+  }
+}
+
 /**
  * A modulus with a small factor, or a prime one, is no RSA key: its private exponent follows from
- * public data. Costs about 1 ms (2048 bits) to 25 ms (4096 bits); RSA requests are rare and
- * authenticated before they get here.
+ * public data. Costs one modular exponentiation (≈5 ms at 2048 bits, ≈50 ms at 4096), prime or
+ * not. checkPrimeSync is not used: OpenSSL 3 runs at least 64 Miller–Rabin rounds on a prime
+ * whatever `checks` asks, so one CSR with a prime 4096-bit modulus held the event loop for ≈5 s
+ * (found by test/property/csr-parser.test.ts).
  */
-function checkRsaModulusStrength(modulus: Buffer): void {
+function checkRsaModulusStrength(modulus: Buffer, e: number): void {
   const n = BigInt(`0x${modulus.toString("hex")}`);
   if ((n & 1n) === 0n || gcd(n, SMALL_PRIMES_PRODUCT) !== 1n) {
     throw new CsrError("CSR_WEAK_KEY", "RSA modulus has a small prime factor: this is not a usable RSA key");
   }
-  if (checkPrimeSync(n, { checks: 2 })) {
+  if (privateExponentFollows(modulus, n, BigInt(e))) {
     throw new CsrError("CSR_WEAK_KEY", "RSA modulus is prime: anyone could derive its private key");
   }
 }
@@ -368,7 +431,6 @@ function checkRsaPublicKey(der: Buffer, start: number, end: number): number {
       `RSA key of ${bits} bits is above the ${MAX_RSA_BITS}-bit maximum`,
     );
   }
-  checkRsaModulusStrength(der.subarray(first, modulus.end));
   // Exponents must be odd and ≥ 3 to be a usable RSA key; above 2^31 - 1 is refused as Go does.
   const expLength = exponent.end - exponent.start;
   if (expLength > 4 + (der[exponent.start] === 0 ? 1 : 0)) {
@@ -381,6 +443,7 @@ function checkRsaPublicKey(der: Buffer, start: number, end: number): number {
   if (e < 3 || e % 2 === 0) {
     throw new CsrError("CSR_WEAK_KEY", `RSA public exponent ${e} is not an odd number ≥ 3`);
   }
+  checkRsaModulusStrength(der.subarray(first, modulus.end), e);
   return bits;
 }
 

@@ -104,10 +104,16 @@ export class TrustBundleDistributor {
       "Selected namespaces whose trust-bundle ConfigMap holds the current bundle (0 on replicas that do not lead).",
     );
     this.configMapsGauge.set(0);
-    this.writes = options.metrics.counter(
-      "osm_cert_server_trust_bundle_writes_total",
-      "Trust-bundle ConfigMap writes by result: created, updated, conflict, forbidden, error.",
-    );
+    this.writes = options.metrics
+      .counter(
+        "osm_cert_server_trust_bundle_writes_total",
+        "Trust-bundle ConfigMap writes by result: created, updated, conflict, forbidden, error.",
+      )
+      .zero({ result: "created" })
+      .zero({ result: "updated" })
+      .zero({ result: "conflict" })
+      .zero({ result: "forbidden" })
+      .zero({ result: "error" });
   }
 
   /**

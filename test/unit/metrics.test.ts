@@ -23,3 +23,21 @@ test("renders the Prometheus text format with labels, escaping and histograms", 
   assert.match(text, /^latency_seconds_count 2$/m);
   assert.throws(() => registry.counter("streams", "again"), /registered twice/);
 });
+
+test("zero() shows a series before anything happened to it: 0 rather than absent", () => {
+  const registry = new MetricsRegistry();
+  registry.counter("pushes_total", "Pushes.").zero();
+  const refused = registry.counter("refused_total", "Refused.").zero({ reason: "timeout" });
+  registry.histogram("latency_seconds", "Latency.", [0.1]).zero();
+  registry.gauge("silent", "Never touched.");
+  refused.zero({ reason: "timeout" }); // idempotent
+  refused.inc({ reason: "timeout" });
+  refused.zero({ reason: "timeout" }); // keeps what was counted
+  const text = registry.render();
+  assert.match(text, /^pushes_total 0$/m);
+  assert.match(text, /^refused_total\{reason="timeout"\} 1$/m);
+  assert.match(text, /^latency_seconds_bucket\{le="0.1"\} 0$/m);
+  assert.match(text, /^latency_seconds_bucket\{le="\+Inf"\} 0$/m);
+  assert.match(text, /^latency_seconds_count 0$/m);
+  assert.match(text, /^# TYPE silent gauge$/m);
+});
