@@ -36,8 +36,11 @@ export const MAX_MESSAGE_BYTES = 16 * 1024;
 const MAX_STREAMS_PER_CONNECTION = 16;
 /** A connection with no call in flight is closed after this long. */
 const IDLE_CONNECTION_MS = 5 * 60_000;
-/** close() lets in-flight calls finish for this long before cutting connections. */
-const SHUTDOWN_GRACE_MS = 5_000;
+/**
+ * close() lets in-flight calls finish for this long before cutting connections (a signing call
+ * takes milliseconds; a cut one fails with UNAVAILABLE, which agents retry elsewhere).
+ */
+const SHUTDOWN_GRACE_MS = 1_500;
 /** After close(), the process exits within this long even if a cut connection left a timer behind. */
 const LINGER_MS = 500;
 

@@ -131,6 +131,17 @@ export class SdsStream {
     this.call.cancel();
   }
 
+  /**
+   * Half-closes the stream and waits for the server to finish it with a status, as Envoy does when
+   * it drops a secret config: no RST_STREAM (Node's HTTP/2 counts frames that reach an already
+   * closed stream and closes the whole session after a thousand of them).
+   */
+  async finish(): Promise<void> {
+    const done = new Promise<void>((resolve) => this.call.once("status", () => resolve()));
+    this.call.end();
+    await done;
+  }
+
   private wake(): void {
     const waiters = this.waiters;
     this.waiters = [];

@@ -741,7 +741,7 @@ test("per-name state stays bounded under name churn: 60,000 distinct names, heap
       stream.request(names);
       const response = await mustReceive(stream, 0);
       assert.equal(decodeSecrets(response).length, 50);
-      stream.end();
+      await stream.finish();
     };
     for (let i = 0; i < 10_000; i += 50) await round(i);
     gc();
