@@ -33,6 +33,7 @@ const FLAGS = {
     kind: "list",
     help: "admin address (--admin-listen) of every signing server replica, HOST:PORT (repeat or comma-separate)",
     default: "",
+    env: "OSM_CERT_ROTATE_ROOT_SERVERS",
   },
   "wait-agents": {
     kind: "duration",
@@ -48,6 +49,12 @@ const FLAGS = {
     kind: "duration",
     help: "the servers' longest service-cert validity (phase 4 waits this long after phase 3; a larger value a server reports wins)",
     default: "24h",
+    env: "OSM_SERVICE_CERT_VALIDITY_DURATION",
+  },
+  "agent-reconnect-grace": {
+    kind: "duration",
+    help: "phase 2: a server must have been up this long before its agent count is believed (agents reconnect with up to 30s backoff)",
+    default: "35s",
   },
   "clock-skew": {
     kind: "duration",
@@ -70,6 +77,7 @@ const FLAGS = {
 } as const satisfies FlagTable;
 
 interface ServerStatus {
+  startedAt?: string;
   trustBundle: { version: string };
   rotation: { signingFingerprint: string; phase: string | null } | null;
   maxServiceCertValidityMs?: number;
@@ -86,7 +94,7 @@ async function fetchStatus(server: string): Promise<ServerStatus> {
 }
 
 /** Asks every replica's admin /status; an unreachable replica is a straggler, never a success. */
-function serverProbe(servers: readonly string[]): ServerProbe {
+function serverProbe(servers: readonly string[], reconnectGraceMs: number): ServerProbe {
   const all = async () =>
     Promise.all(
       servers.map(async (server) => {
@@ -110,6 +118,13 @@ function serverProbe(servers: readonly string[]): ServerProbe {
         if (status.trustBundle.version !== version) {
           stragglers.push(`server ${server} (serves bundle ${status.trustBundle.version})`);
           continue;
+        }
+        // Agents of a replica that just (re)started may still be reconnecting: zero is not "all".
+        const up = Date.now() - Date.parse(status.startedAt ?? "");
+        if (!(up >= reconnectGraceMs)) {
+          stragglers.push(
+            `server ${server} (started ${Math.round(up / 1000)}s ago; agents may still be reconnecting)`,
+          );
         }
         for (const [v, n] of Object.entries(status.agents.byVersion)) {
           if (v === version) on += n;
@@ -243,7 +258,7 @@ export async function rotateRootCommand(argv: readonly string[]): Promise<void> 
         commonName: flags["ca-common-name"],
         validityMs: flags["ca-validity"],
       },
-      probe: servers.length === 0 ? null : serverProbe(servers),
+      probe: servers.length === 0 ? null : serverProbe(servers, flags["agent-reconnect-grace"]),
       waitAgentsMs: flags["wait-agents"],
       renewWindowMs: flags["renew-window"],
       maxServiceCertValidityMs: flags["service-cert-validity-duration"],

@@ -230,6 +230,7 @@ export async function startServer(flags: ServerFlags, logger: Logger): Promise<R
   showRoots(bundle.roots);
   provider.onTrustBundleChange((next) => showRoots(next.roots));
   const agents = new AgentRegistry(metrics);
+  const startedAt = new Date();
 
   const guard = new RequestGuard({
     receiveTimeoutMs: flags["request-receive-timeout"],
@@ -290,7 +291,7 @@ export async function startServer(flags: ServerFlags, logger: Logger): Promise<R
     metrics,
     notReadyReason: () => (ready ? null : "shutting down"),
     stallThresholdMs: flags["liveness-stall-threshold"],
-    status: () => rotationStatus(provider, agents, flags),
+    status: () => rotationStatus(provider, agents, flags, startedAt),
   });
   const adminBound = await admin.listen(parseHostPort(flags["admin-listen"]));
   const adminAddress = `${adminBound.host}:${adminBound.port}`;
@@ -332,10 +333,17 @@ export async function startServer(flags: ServerFlags, logger: Logger): Promise<R
 }
 
 /** What `osm-cert rotate-root` reads from each replica's admin /status (issue 9). */
-function rotationStatus(provider: CertificateProvider, agents: AgentRegistry, flags: ServerFlags) {
+function rotationStatus(
+  provider: CertificateProvider,
+  agents: AgentRegistry,
+  flags: ServerFlags,
+  startedAt: Date,
+) {
   const bundle = provider.trustBundle();
   return {
     provider: provider.name,
+    // A replica that just started has not heard from every agent yet; rotate-root waits for a while.
+    startedAt: startedAt.toISOString(),
     trustBundle: {
       version: bundle.version,
       roots: bundle.roots.map((pem) => {

@@ -168,6 +168,8 @@ describe("root rotation under continuous mTLS traffic (directory mode)", () => {
       "1s",
       "--follow-lag",
       "2s",
+      "--agent-reconnect-grace",
+      "3s",
       ...args,
     ]);
   const say = (result: { lines: { msg?: string }[] }) => result.lines.map((l) => l.msg ?? "").join("\n");
@@ -260,9 +262,48 @@ describe("root rotation under continuous mTLS traffic (directory mode)", () => {
     await dir?.remove();
   });
 
-  test("every phase, SIGKILL in phase 4 and resume, then a rerun that does nothing: zero failed handshakes", async () => {
+  test("every phase; phase 2 timing out, the server SIGKILLed at phase 1 and rotate-root in phase 4, each resumed, then a rerun that does nothing: zero failed handshakes", async () => {
     await new Promise((r) => setTimeout(r, 1_000));
-    const firstRun = startCli("rotate-root", [
+    // Phase 1, then phase 2 times out on a replica nobody can reach: exit 1, the straggler named.
+    const stalled = await rotate(["--server", "127.0.0.1:1", "--wait-agents", "1s"]);
+    assert.equal(stalled.code, 1);
+    assert.match(say(stalled), /phase 1\/4 done: generated new root [0-9a-f]{16}/);
+    assert.match(stalled.stderr, /stragglers: server 127\.0\.0\.1:1/);
+
+    // The server is SIGKILLed and comes back on the same addresses: it resumes from the directory.
+    const address = server.lines.find((l) => l.event === "server.started")?.address as string;
+    await server.stop("SIGKILL");
+    server = startCli("server", [
+      "server",
+      "--ca-dir",
+      caDir,
+      "--listen",
+      address,
+      "--admin-listen",
+      admin,
+      "--service-cert-validity-duration",
+      SERVICE_VALIDITY,
+    ]);
+    await server.waitForEvent("server.started");
+    const restarted = (await (await fetch(`http://${admin}/status`)).json()) as {
+      trustBundle: { roots: unknown[] };
+      rotation: { phase: string };
+    };
+    assert.equal(restarted.rotation.phase, "published");
+    assert.equal(restarted.trustBundle.roots.length, 2);
+    // Both agents reconnect their watch streams (with backoff) before rotate-root is resumed.
+    const back = Date.now() + 30_000;
+    for (;;) {
+      const seen = (await (await fetch(`http://${admin}/status`)).json()) as {
+        agents: { byVersion: Record<string, number> };
+      };
+      if (Object.values(seen.agents.byVersion).reduce((a, b) => a + b, 0) === 2) break;
+      assert.ok(Date.now() < back, "both agents reconnected to the restarted server");
+      await new Promise((r) => setTimeout(r, 100));
+    }
+
+    // rotate-root resumes at phase 2 (agents re-report to the new process), and is SIGKILLed in phase 4.
+    const secondRun = startCli("rotate-root", [
       "rotate-root",
       "--ca-dir",
       caDir,
@@ -278,9 +319,15 @@ describe("root rotation under continuous mTLS traffic (directory mode)", () => {
       "1s",
       "--follow-lag",
       "2s",
+      "--agent-reconnect-grace",
+      "3s",
     ]);
-    await firstRun.waitFor((l) => (l.msg ?? "").includes("phase 4/4: waiting"), 40_000, "phase 4 wait");
-    await firstRun.stop("SIGKILL");
+    await secondRun.waitFor((l) => (l.msg ?? "").includes("phase 4/4: waiting"), 40_000, "phase 4 wait");
+    await secondRun.stop("SIGKILL");
+    const secondSaid = secondRun.lines.map((l) => l.msg ?? "").join("\n");
+    assert.match(secondSaid, /resuming the rotation at phase published/);
+    assert.match(secondSaid, /phase 2\/4: 2 agent\(s\) on bundle [0-9a-f]{16}, 0 not yet/);
+    assert.match(secondSaid, /phase 3\/4: all 1 server\(s\) sign with the new root/);
     const status = await runCli(["rotate-root", "--ca-dir", caDir, "--status", "--server", admin]);
     assert.equal(status.code, 0, status.stderr);
     assert.match(say(status), /phase: signing-new/);
@@ -313,8 +360,23 @@ describe("root rotation under continuous mTLS traffic (directory mode)", () => {
     assert.ok(!serverStatus.trustBundle.roots.some((r) => r.sha256 === firstRoot));
     assert.ok(
       server.lines.filter((l) => l.event === "serving_cert.issued").length >= 2,
-      "serving cert re-issued",
+      "serving cert issued at start and re-issued when the signing root changed",
     );
+    const served = await new Promise<X509Certificate>((resolve, reject) => {
+      const [host, port] = address.split(":") as [string, string];
+      const socket = connect(
+        { host, port: Number(port), rejectUnauthorized: false, ALPNProtocols: ["h2"] },
+        () => {
+          const peer = socket.getPeerX509Certificate();
+          socket.destroy();
+          if (peer === undefined) reject(new Error("no serving certificate"));
+          else resolve(peer);
+        },
+      );
+      socket.on("error", reject);
+    });
+    const newRoot = new X509Certificate(await readFile(join(caDir, "ca.crt"), "utf8"));
+    assert.ok(served.verify(newRoot.publicKey), "the serving certificate is signed by the new root");
     // The plain files now hold the new root too.
     assert.equal(
       fingerprints(await readFile(join(caDir, "ca.crt"), "utf8"))[0],
@@ -364,9 +426,11 @@ describe("root rotation under continuous mTLS traffic (directory mode)", () => {
       "127.0.0.1:1",
       "--wait-agents",
       "2s",
+      "--agent-reconnect-grace",
+      "3s",
     ]);
     assert.equal(straggling.code, 1);
-    assert.match(straggling.stderr, /stragglers: server 127\.0\.0\.1:1/);
+    assert.match(straggling.stderr, /stragglers: .*server 127\.0\.0\.1:1 \(fetch failed\)/);
     assert.match(straggling.stderr, /stays at phase 1/);
     const rollback = await runCli(["rotate-root", "--ca-dir", caDir, "--rollback"]);
     assert.equal(rollback.code, 0, rollback.stderr);
