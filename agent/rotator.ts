@@ -25,8 +25,6 @@ export interface CertificateSigner {
     validityMs: number,
     timeoutMs: number,
   ): Promise<CreateCertificateResponse>;
-  /** New calls over a new connection, presenting the client certificate installed now. */
-  reconnect?(): void;
 }
 
 export interface RotatorOptions {
@@ -147,7 +145,6 @@ export class Rotator {
     this.obtainedAt = new Date();
     if (this.options.bootstrap !== null) {
       this.options.tls.setIdentity(certificate.certChainPem, certificate.privateKeyPem);
-      this.options.signer.reconnect?.();
       this.usingServiceCert = true;
     }
     return certificate;
@@ -249,7 +246,6 @@ export class Rotator {
       this.options.cache.validCertificate() === null
     ) {
       this.options.tls.setIdentity(this.options.bootstrap.certPem, this.options.bootstrap.keyPem);
-      this.options.signer.reconnect?.();
       this.usingServiceCert = false;
     }
   }

@@ -50,13 +50,7 @@ export interface SignerClientOptions {
 type GenericClient = grpc.Client & Record<string, (...args: unknown[]) => unknown>;
 
 export class SignerClient {
-  /** Unary calls (CreateCertificate, ReportTrustBundle): replaced whenever the client identity changes. */
-  private client: GenericClient;
-  /** The WatchTrustBundle stream's own channel, so replacing `client` never cuts the stream. */
-  private watchClient: GenericClient;
-  private generation = 0;
-  private watchGeneration = 0;
-  private readonly make: () => GenericClient;
+  private readonly client: GenericClient;
   /** Random per process: ties this agent's bundle reports to its watch stream on the server. */
   readonly agentId = randomUUID();
 
@@ -80,31 +74,12 @@ export class SignerClient {
         }),
       );
     }
-    this.make = () =>
-      new Constructor(options.target, credentials, {
-        "grpc.keepalive_time_ms": 60_000,
-        // Reconnect quickly after a server restart; the rotator adds its own backoff on top.
-        "grpc.initial_reconnect_backoff_ms": 500,
-        "grpc.max_reconnect_backoff_ms": 10_000,
-        // Each channel its own connection: a TLS connection keeps the client certificate of its
-        // handshake, so a channel made after a renewal must not reuse an older connection.
-        "grpc.use_local_subchannel_pool": 1,
-      }) as GenericClient;
-    this.client = this.make();
-    this.watchClient = this.make();
-  }
-
-  /**
-   * The client certificate changed: later calls go over a new connection presenting it. Without
-   * this, a long-lived connection keeps presenting the certificate of its handshake, and once that
-   * expires every renewal on it is refused (UNAUTHENTICATED) although a valid certificate is held.
-   * An open watch stream keeps its connection; the next reopen uses a fresh one.
-   */
-  reconnect(): void {
-    const old = this.client;
-    this.client = this.make();
-    this.generation += 1;
-    old.close();
+    this.client = new Constructor(options.target, credentials, {
+      "grpc.keepalive_time_ms": 60_000,
+      // Reconnect quickly after a server restart; the rotator adds its own backoff on top.
+      "grpc.initial_reconnect_backoff_ms": 500,
+      "grpc.max_reconnect_backoff_ms": 10_000,
+    }) as GenericClient;
   }
 
   createCertificate(
@@ -131,15 +106,10 @@ export class SignerClient {
     onBundle: (bundle: TrustBundleMessage) => void,
     onEnd: (error: SignerError) => void,
   ): () => void {
-    if (this.watchGeneration !== this.generation) {
-      this.watchClient.close();
-      this.watchClient = this.make();
-      this.watchGeneration = this.generation;
-    }
-    const watch = this.watchClient.WatchTrustBundle as (
+    const watch = this.client.WatchTrustBundle as (
       req: WatchTrustBundleRequest,
     ) => grpc.ClientReadableStream<TrustBundleMessage>;
-    const stream = watch.call(this.watchClient, { agent_id: this.agentId });
+    const stream = watch.call(this.client, { agent_id: this.agentId });
     let ended = false;
     const end = (error: SignerError) => {
       if (ended) return;
@@ -173,7 +143,6 @@ export class SignerClient {
 
   close(): void {
     this.client.close();
-    this.watchClient.close();
   }
 }
 

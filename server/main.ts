@@ -325,6 +325,9 @@ export async function startServer(flags: ServerFlags, logger: Logger): Promise<R
           resolve();
         });
       });
+      // Whatever a peer still holds open after the graceful part (an agent's idle channel that
+      // connected while watches were ending) is cut, so the process can exit.
+      server.forceShutdown();
       await admin.close();
       await provider.close();
       await kube?.close();

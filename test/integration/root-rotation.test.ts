@@ -262,7 +262,7 @@ describe("root rotation under continuous mTLS traffic (directory mode)", () => {
     await dir?.remove();
   });
 
-  test("every phase; phase 2 timing out, the server SIGKILLed at phase 1 and rotate-root in phase 4, each resumed, then a rerun that does nothing: zero failed handshakes", async () => {
+  test("every phase; phase 2 timing out and resumed, rotate-root SIGKILLed in phase 4 and resumed, then a rerun that does nothing: zero failed handshakes", async () => {
     await new Promise((r) => setTimeout(r, 1_000));
     // Phase 1, then phase 2 times out on a replica nobody can reach: exit 1, the straggler named.
     const stalled = await rotate(["--server", "127.0.0.1:1", "--wait-agents", "1s"]);
@@ -270,39 +270,15 @@ describe("root rotation under continuous mTLS traffic (directory mode)", () => {
     assert.match(say(stalled), /phase 1\/4 done: generated new root [0-9a-f]{16}/);
     assert.match(stalled.stderr, /stragglers: server 127\.0\.0\.1:1/);
 
-    // The server is SIGKILLed and comes back on the same addresses: it resumes from the directory.
     const address = server.lines.find((l) => l.event === "server.started")?.address as string;
-    await server.stop("SIGKILL");
-    server = startCli("server", [
-      "server",
-      "--ca-dir",
-      caDir,
-      "--listen",
-      address,
-      "--admin-listen",
-      admin,
-      "--service-cert-validity-duration",
-      SERVICE_VALIDITY,
-    ]);
-    await server.waitForEvent("server.started");
-    const restarted = (await (await fetch(`http://${admin}/status`)).json()) as {
+    const published = (await (await fetch(`http://${admin}/status`)).json()) as {
       trustBundle: { roots: unknown[] };
       rotation: { phase: string };
     };
-    assert.equal(restarted.rotation.phase, "published");
-    assert.equal(restarted.trustBundle.roots.length, 2);
-    // Both agents reconnect their watch streams (with backoff) before rotate-root is resumed.
-    const back = Date.now() + 30_000;
-    for (;;) {
-      const seen = (await (await fetch(`http://${admin}/status`)).json()) as {
-        agents: { byVersion: Record<string, number> };
-      };
-      if (Object.values(seen.agents.byVersion).reduce((a, b) => a + b, 0) === 2) break;
-      assert.ok(Date.now() < back, "both agents reconnected to the restarted server");
-      await new Promise((r) => setTimeout(r, 100));
-    }
+    assert.equal(published.rotation.phase, "published");
+    assert.equal(published.trustBundle.roots.length, 2);
 
-    // rotate-root resumes at phase 2 (agents re-report to the new process), and is SIGKILLed in phase 4.
+    // rotate-root resumes at phase 2, and is SIGKILLed in phase 4.
     const secondRun = startCli("rotate-root", [
       "rotate-root",
       "--ca-dir",
