@@ -162,7 +162,12 @@ async function startParts(
     metrics,
   });
   stops.push(() => rotator.stop());
-  const follower = new TrustBundleFollower({ source: signer, trust, logger });
+  const follower = new TrustBundleFollower({
+    source: signer,
+    trust,
+    logger,
+    onRenewRequest: ({ before, windowMs }) => rotator.requestRenewal(before, windowMs),
+  });
   stops.push(() => follower.stop());
   const sds = new SdsServer({ cache, identity, logger, metrics });
   await sds.listen(flags["sds-socket"], Number.parseInt(flags["sds-socket-mode"], 8));

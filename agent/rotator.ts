@@ -69,6 +69,10 @@ export class Rotator {
   private lastSuccess: Date | null = null;
   private nextAttempt: Date | null = null;
   private usingServiceCert = false;
+  /** When the served certificate arrived (local clock); renew-now orders compare against it. */
+  private obtainedAt: Date | null = null;
+  /** Renew-now orders already acted on, by their `before` time: each is honoured at most once. */
+  private handledOrder: number | null = null;
   private readonly spiffe: string;
   private readonly commonName: string;
   private readonly attempts;
@@ -137,11 +141,37 @@ export class Rotator {
       }
     }
     this.options.cache.setCertificate(certificate);
+    this.obtainedAt = new Date();
     if (this.options.bootstrap !== null) {
       this.options.tls.setIdentity(certificate.certChainPem, certificate.privateKeyPem);
       this.usingServiceCert = true;
     }
     return certificate;
+  }
+
+  /**
+   * Renew-now (issue 9): a certificate obtained before `before` is renewed after a random delay in
+   * [0, windowMs), so a fleet told at once does not reach the signer at once. An order is acted on
+   * at most once, so a clock behind the server's cannot make it renew in a loop.
+   */
+  requestRenewal(before: Date, windowMs: number): void {
+    if (this.stopped || this.handledOrder === before.getTime()) return;
+    this.handledOrder = before.getTime();
+    if (this.obtainedAt === null || this.obtainedAt.getTime() >= before.getTime()) return;
+    const random = this.options.random ?? Math.random;
+    const delay = Math.floor(random() * Math.max(0, windowMs));
+    const scheduled =
+      this.nextAttempt === null ? Number.POSITIVE_INFINITY : this.nextAttempt.getTime() - Date.now();
+    this.options.logger.info(
+      {
+        event: "certificate.renew_requested",
+        identity: identityName(this.options.identity),
+        before: before.toISOString(),
+        renewInMs: Math.min(delay, scheduled),
+      },
+      "the signing server asked for a renewal",
+    );
+    if (delay < scheduled) this.schedule(delay);
   }
 
   private schedule(delayMs: number): void {

@@ -1,6 +1,7 @@
 // The agent's client for the signing API: one gRPC+TLS channel to the server, trusting the mesh
 // roots and presenting whatever client certificate the rotator last installed.
 
+import { randomUUID } from "node:crypto";
 import type { PeerCertificate } from "node:tls";
 import * as grpc from "@grpc/grpc-js";
 import { quote } from "../common/quote.js";
@@ -11,7 +12,9 @@ import {
   type CreateCertificateResponse,
   certificateServiceDefinition,
   msToDuration,
+  type ReportTrustBundleRequest,
   type TrustBundleMessage,
+  type WatchTrustBundleRequest,
 } from "../proto/signing-api.js";
 
 export class SignerError extends Error {
@@ -48,6 +51,8 @@ type GenericClient = grpc.Client & Record<string, (...args: unknown[]) => unknow
 
 export class SignerClient {
   private readonly client: GenericClient;
+  /** Random per process: ties this agent's bundle reports to its watch stream on the server. */
+  readonly agentId = randomUUID();
 
   constructor(options: SignerClientOptions) {
     const Constructor = grpc.makeGenericClientConstructor(
@@ -102,9 +107,9 @@ export class SignerClient {
     onEnd: (error: SignerError) => void,
   ): () => void {
     const watch = this.client.WatchTrustBundle as (
-      req: object,
+      req: WatchTrustBundleRequest,
     ) => grpc.ClientReadableStream<TrustBundleMessage>;
-    const stream = watch.call(this.client, {});
+    const stream = watch.call(this.client, { agent_id: this.agentId });
     let ended = false;
     const end = (error: SignerError) => {
       if (ended) return;
@@ -118,6 +123,22 @@ export class SignerClient {
       ended = true;
       stream.cancel();
     };
+  }
+
+  /** Tells the server which bundle version this agent now serves (root rotation, phase 2). */
+  reportTrustBundle(version: string, timeoutMs = 10_000): Promise<void> {
+    const request: ReportTrustBundleRequest = { agent_id: this.agentId, version };
+    return new Promise((resolve, reject) => {
+      const call = this.client.ReportTrustBundle as (
+        req: ReportTrustBundleRequest,
+        options: grpc.CallOptions,
+        cb: (error: grpc.ServiceError | null) => void,
+      ) => void;
+      call.call(this.client, request, { deadline: Date.now() + timeoutMs }, (error) => {
+        if (error) reject(toSignerError(error));
+        else resolve();
+      });
+    });
   }
 
   close(): void {

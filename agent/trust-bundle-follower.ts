@@ -5,7 +5,7 @@
 
 import { backoffDelay } from "../common/lifecycle.js";
 import type { Logger } from "../common/logger.js";
-import type { TrustBundleMessage } from "../proto/signing-api.js";
+import { durationToMs, type TrustBundleMessage, timestampToDate } from "../proto/signing-api.js";
 import type { SignerError } from "./signer-client.js";
 import type { AgentTrust } from "./trust.js";
 
@@ -14,6 +14,14 @@ export interface TrustBundleSource {
     onBundle: (bundle: TrustBundleMessage) => void,
     onEnd: (error: SignerError) => void,
   ): () => void;
+  /** Says which bundle version this agent serves; absent or UNIMPLEMENTED on older servers. */
+  reportTrustBundle?(version: string): Promise<void>;
+}
+
+/** A renew-now order from the server (issue 9): renew a certificate obtained before `before`. */
+export interface RenewRequest {
+  readonly before: Date;
+  readonly windowMs: number;
 }
 
 export class TrustBundleFollower {
@@ -21,12 +29,15 @@ export class TrustBundleFollower {
   private timer: NodeJS.Timeout | undefined;
   private failures = 0;
   private stopped = false;
+  private reporting = true;
 
   constructor(
     private readonly options: {
       readonly source: TrustBundleSource;
       readonly trust: AgentTrust;
       readonly logger: Logger;
+      /** Told about every renew-now order that arrives with a bundle. */
+      readonly onRenewRequest?: (request: RenewRequest) => void;
     },
   ) {}
 
@@ -70,10 +81,36 @@ export class TrustBundleFollower {
       );
       return;
     }
-    if (!changed) return;
-    this.options.logger.info(
-      { event: "trust_bundle.updated", version: bundle.version, roots: bundle.root_certificates.length },
-      "trust bundle updated",
-    );
+    if (changed) {
+      this.options.logger.info(
+        { event: "trust_bundle.updated", version: bundle.version, roots: bundle.root_certificates.length },
+        "trust bundle updated",
+      );
+    }
+    // Adopted (Envoy's ROOTCA already pushed): say so, so a root rotation can see who follows.
+    this.report(bundle.version);
+    const before = timestampToDate(bundle.renew_before ?? null);
+    if (before !== null) {
+      this.options.onRenewRequest?.({ before, windowMs: durationToMs(bundle.renew_window ?? null) });
+    }
+  }
+
+  private report(version: string): void {
+    const { source, logger } = this.options;
+    if (!this.reporting || source.reportTrustBundle === undefined || version === "") return;
+    source.reportTrustBundle(version).catch((error: SignerError) => {
+      if (error.status === "UNIMPLEMENTED") {
+        this.reporting = false;
+        logger.info(
+          { event: "trust_bundle.report_unsupported" },
+          "the signing server does not take bundle reports",
+        );
+        return;
+      }
+      logger.warn(
+        { event: "trust_bundle.report_failed", status: error.status, error: error.message },
+        "could not report the served trust bundle; the next bundle reports again",
+      );
+    });
   }
 }

@@ -28,6 +28,10 @@ const COMMANDS: Readonly<
     summary: "run the injection webhook (adds the agent to OSM's pods)",
     run: async (argv) => (await import("../webhook/main.js")).webhookCommand(argv),
   },
+  "rotate-root": {
+    summary: "rotate the mesh root with zero downtime (resumable phases)",
+    run: async (argv) => (await import("./rotate-root.js")).rotateRootCommand(argv),
+  },
   demo: {
     summary: "the whole flow on one machine",
     run: async (argv) => (await import("./demo.js")).demoCommand(argv),

@@ -28,6 +28,8 @@ export interface TrustBundleMessage {
   trust_domain: string;
   root_certificates: string[];
   version: string;
+  renew_before?: ProtoTimestamp | null;
+  renew_window?: ProtoDuration | null;
 }
 
 export interface CreateCertificateResponse {
@@ -39,7 +41,16 @@ export interface CreateCertificateResponse {
   validity_clamped: boolean;
 }
 
-export type WatchTrustBundleRequest = Record<string, never>;
+export interface WatchTrustBundleRequest {
+  agent_id: string;
+}
+
+export interface ReportTrustBundleRequest {
+  agent_id: string;
+  version: string;
+}
+
+export type ReportTrustBundleResponse = Record<string, never>;
 
 const SERVICE_NAME = "osm.cert.v1.CertificateService";
 

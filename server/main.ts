@@ -1,6 +1,6 @@
 // `osm-cert server`: the only place the server's real parts are wired together.
 
-import { X509Certificate } from "node:crypto";
+import { createHash, X509Certificate } from "node:crypto";
 import { isIP } from "node:net";
 import * as grpc from "@grpc/grpc-js";
 import { AdminServer, parseHostPort } from "../common/admin-http.js";
@@ -11,6 +11,7 @@ import { waitForSignal } from "../common/lifecycle.js";
 import { createLogger, type Logger } from "../common/logger.js";
 import { MetricsRegistry } from "../common/metrics.js";
 import { MutableCertificateProvider } from "../common/tls-material.js";
+import { AgentRegistry } from "./agent-registry.js";
 import { CallerAuthenticator, ClientCertificateAuthenticator } from "./authn.js";
 import { SERVER_FLAGS } from "./flags.js";
 import { inClusterConfig, KubeClient, loadKubeconfig } from "./kubernetes/client.js";
@@ -103,6 +104,18 @@ export async function openProvider(
             { event: created ? "root.created" : "root.loaded", where, expiration },
             created ? "generated a new mesh root" : "loaded the mesh root",
           ),
+        // Root rotation (issue 9): follow the store's rotation state while serving.
+        follow: true,
+        onRotation: (event) =>
+          event.kind === "switched"
+            ? logger.info(
+                { event: "root.switched", ...event, kind: undefined },
+                "followed the root rotation state: new trust bundle and/or signing root",
+              )
+            : logger.error(
+                { event: "root.rotation_state_unusable", error: event.error },
+                "ignoring an unusable root rotation state; keeping the current roots",
+              ),
       });
     }
     case "vault":
@@ -224,6 +237,17 @@ export async function startServer(flags: ServerFlags, logger: Logger): Promise<R
   });
   await serving.start();
   provider.onTrustBundleChange((next) => tls.setCaCertificates(next.roots.join("")));
+  // A new signing root: our own serving certificate moves under it at once (issue 9).
+  provider.onSigningRootChange?.(() => {
+    serving
+      .renew()
+      .catch((error: unknown) =>
+        logger.error(
+          { event: "serving_cert.renewal_failed", error: (error as Error).message },
+          "could not re-issue the serving certificate under the new signing root",
+        ),
+      );
+  });
 
   const rootExpiry = metrics.gauge(
     "osm_cert_server_root_expiry_timestamp_seconds",
@@ -232,10 +256,16 @@ export async function startServer(flags: ServerFlags, logger: Logger): Promise<R
   metrics
     .gauge("osm_cert_server_info", "Build and configuration.")
     .set(1, { provider: provider.name, trust_domain: flags["trust-domain"] });
-  for (const pem of bundle.roots) {
-    const cert = new X509Certificate(pem);
-    rootExpiry.set(Date.parse(cert.validTo) / 1000, { serial: cert.serialNumber });
-  }
+  const showRoots = (roots: readonly string[]) => {
+    for (const pem of roots) {
+      const cert = new X509Certificate(pem);
+      rootExpiry.set(Date.parse(cert.validTo) / 1000, { serial: cert.serialNumber });
+    }
+  };
+  showRoots(bundle.roots);
+  provider.onTrustBundleChange((next) => showRoots(next.roots));
+  const agents = new AgentRegistry(metrics);
+  const startedAt = new Date();
 
   const guard = new RequestGuard({
     receiveTimeoutMs: flags["request-receive-timeout"],
@@ -277,6 +307,7 @@ export async function startServer(flags: ServerFlags, logger: Logger): Promise<R
     },
     logger,
     metrics,
+    agents,
   });
   signing.register(server);
 
@@ -295,6 +326,7 @@ export async function startServer(flags: ServerFlags, logger: Logger): Promise<R
     metrics,
     notReadyReason: () => (ready ? null : "shutting down"),
     stallThresholdMs: flags["liveness-stall-threshold"],
+    status: () => rotationStatus(provider, agents, flags, startedAt),
   });
   const adminBound = await admin.listen(parseHostPort(flags["admin-listen"]));
   const adminAddress = `${adminBound.host}:${adminBound.port}`;
@@ -328,10 +360,42 @@ export async function startServer(flags: ServerFlags, logger: Logger): Promise<R
           resolve();
         });
       });
+      // Whatever a peer still holds open after the graceful part (an agent's idle channel that
+      // connected while watches were ending) is cut, so the process can exit.
+      server.forceShutdown();
       await admin.close();
       await provider.close();
       await kube?.close();
     },
+  };
+}
+
+/** What `osm-cert rotate-root` reads from each replica's admin /status (issue 9). */
+function rotationStatus(
+  provider: CertificateProvider,
+  agents: AgentRegistry,
+  flags: ServerFlags,
+  startedAt: Date,
+) {
+  const bundle = provider.trustBundle();
+  return {
+    provider: provider.name,
+    // A replica that just started has not heard from every agent yet; rotate-root waits for a while.
+    startedAt: startedAt.toISOString(),
+    trustBundle: {
+      version: bundle.version,
+      roots: bundle.roots.map((pem) => {
+        const cert = new X509Certificate(pem);
+        return {
+          sha256: createHash("sha256").update(cert.raw).digest("hex"),
+          notAfter: new Date(cert.validTo).toISOString(),
+        };
+      }),
+    },
+    rotation: provider.rotationStatus?.() ?? null,
+    renewOrder: provider.renewOrder?.() ?? null,
+    maxServiceCertValidityMs: flags["service-cert-validity-duration"],
+    agents: { byVersion: agents.counts(), notOnCurrent: agents.notOn(bundle.version, 100) },
   };
 }
 

@@ -20,9 +20,13 @@ import {
   certificateServiceDefinition,
   dateToTimestamp,
   durationToMs,
+  msToDuration,
+  type ReportTrustBundleRequest,
+  type ReportTrustBundleResponse,
   type TrustBundleMessage,
   type WatchTrustBundleRequest,
 } from "../proto/signing-api.js";
+import type { AgentRegistry } from "./agent-registry.js";
 import type { CallerAuthenticator } from "./authn.js";
 import { decideServiceCertificate, type PolicyLimits } from "./policy.js";
 import { type CertificateProvider, ProviderError, type TrustBundle } from "./providers/provider.js";
@@ -33,6 +37,8 @@ export interface SigningServiceOptions {
   readonly limits: PolicyLimits;
   readonly logger: Logger;
   readonly metrics: MetricsRegistry;
+  /** Counts agents per bundle version (root rotation); without it reports are accepted and ignored. */
+  readonly agents?: AgentRegistry;
 }
 
 type Code = keyof typeof grpc.status;
@@ -98,6 +104,7 @@ export class SigningService {
     server.addService(certificateServiceDefinition(), {
       CreateCertificate: this.createCertificate.bind(this),
       WatchTrustBundle: this.watchTrustBundle.bind(this),
+      ReportTrustBundle: this.reportTrustBundle.bind(this),
     } satisfies grpc.UntypedServiceImplementation);
   }
 
@@ -239,12 +246,49 @@ export class SigningService {
       call.write(this.bundleMessage(provider.trustBundle()));
       const unsubscribe = provider.onTrustBundleChange((bundle) => call.write(this.bundleMessage(bundle)));
       this.openWatches.add(call);
+      const leave = this.options.agents?.open(
+        typeof call.request?.agent_id === "string" ? call.request.agent_id.slice(0, 64) : "",
+        identityName(authn.caller.identity),
+        authn.caller.podName ?? authn.caller.podUid ?? null,
+      );
       const done = () => {
         unsubscribe();
+        leave?.();
         this.openWatches.delete(call);
       };
       call.on("cancelled", done);
       call.on("close", done);
+    });
+  }
+
+  private reportTrustBundle(
+    call: grpc.ServerUnaryCall<ReportTrustBundleRequest, ReportTrustBundleResponse>,
+    callback: grpc.sendUnaryData<ReportTrustBundleResponse>,
+  ): void {
+    void this.options.authenticator.authenticate(call).then((authn) => {
+      if (!authn.ok) {
+        callback({ code: grpc.status[authn.status], details: authn.message });
+        return;
+      }
+      const { agent_id: agentId, version } = call.request;
+      if (this.options.agents === undefined) {
+        callback(null, {});
+        return;
+      }
+      if (
+        !this.options.agents.report(
+          agentId.slice(0, 64),
+          identityName(authn.caller.identity),
+          version.slice(0, 64),
+        )
+      ) {
+        callback({
+          code: grpc.status.FAILED_PRECONDITION,
+          details: "no open WatchTrustBundle stream with this agent_id for this caller; open one first",
+        });
+        return;
+      }
+      callback(null, {});
     });
   }
 
@@ -255,10 +299,13 @@ export class SigningService {
   }
 
   private bundleMessage(bundle: TrustBundle): TrustBundleMessage {
+    const renew = this.options.provider.renewOrder?.() ?? null;
     return {
       trust_domain: this.options.limits.trustDomain,
       root_certificates: [...bundle.roots],
       version: bundle.version,
+      renew_before: renew === null ? null : dateToTimestamp(renew.before),
+      renew_window: renew === null ? null : msToDuration(renew.windowMs),
     };
   }
 

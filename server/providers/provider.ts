@@ -40,6 +40,12 @@ export interface TrustBundle {
   readonly version: string;
 }
 
+/** An order to agents: renew a certificate obtained before `before`, each after a random delay within `windowMs`. */
+export interface RenewOrder {
+  readonly before: Date;
+  readonly windowMs: number;
+}
+
 export type ProviderErrorReason =
   | "unavailable"
   | "denied"
@@ -70,4 +76,11 @@ export interface CertificateProvider {
   /** Called on every trust bundle change; returns the unsubscribe function. */
   onTrustBundleChange(listener: (bundle: TrustBundle) => void): () => void;
   close(): Promise<void>;
+  // Root rotation (issue 9); optional, so backends without it need nothing.
+  /** Called when the root that signs new leaves changes; returns the unsubscribe function. */
+  onSigningRootChange?(listener: () => void): () => void;
+  /** The renew-now order in force, sent to agents with the bundle; announced via onTrustBundleChange. */
+  renewOrder?(): RenewOrder | null;
+  /** For status pages: the signing root's SHA-256 and the rotation phase (null outside a rotation). */
+  rotationStatus?(): { signingFingerprint: string; phase: string | null };
 }

@@ -67,6 +67,15 @@ const bundle: TrustBundleMessage = {
   trust_domain: "cluster.local",
   root_certificates: ["-----BEGIN CERTIFICATE-----\nA\n-----END CERTIFICATE-----\n", "B"],
   version: "sha256:0f",
+  renew_before: null,
+  renew_window: null,
+};
+
+// Renew-now (issue 9) rides on the bundle message: additive fields 4 and 5.
+const bundleWithRenew: TrustBundleMessage = {
+  ...bundle,
+  renew_before: dateToTimestamp(new Date("2026-11-30T18:00:00.250Z")),
+  renew_window: { seconds: "300", nanos: 0 },
 };
 
 const responses: CreateCertificateResponse[] = [
@@ -129,16 +138,16 @@ test("CreateCertificate requests and responses: same bytes, same decoded shapes"
 test("WatchTrustBundle: the empty request and the bundle stream", () => {
   const [, mine, canon] = methods().find(([name]) => name === "WatchTrustBundle") as [string, Method, Method];
   assert.deepEqual(
-    agree(
-      mine.requestSerialize,
-      canon.requestSerialize,
-      mine.requestDeserialize,
-      canon.requestDeserialize,
-      {},
-    ),
-    {},
+    agree(mine.requestSerialize, canon.requestSerialize, mine.requestDeserialize, canon.requestDeserialize, {
+      agent_id: "3f1c",
+    }),
+    { agent_id: "3f1c" },
   );
-  for (const message of [bundle, { trust_domain: "", root_certificates: [], version: "" }]) {
+  for (const message of [
+    bundle,
+    bundleWithRenew,
+    { trust_domain: "", root_certificates: [], version: "", renew_before: null, renew_window: null },
+  ]) {
     const decoded = agree(
       mine.responseSerialize,
       canon.responseSerialize,
@@ -196,6 +205,8 @@ test("the shipped JSON holds only the service and the messages it reaches", () =
     "osm.cert.v1.CertificateService",
     "osm.cert.v1.CreateCertificateRequest",
     "osm.cert.v1.CreateCertificateResponse",
+    "osm.cert.v1.ReportTrustBundleRequest",
+    "osm.cert.v1.ReportTrustBundleResponse",
     "osm.cert.v1.TrustBundle",
     "osm.cert.v1.WatchTrustBundleRequest",
   ]);

@@ -10,6 +10,7 @@ import { join } from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
 import type { CaMaterial } from "./ca-material.js";
 import { CaMaterialError } from "./ca-material.js";
+import { DirectoryRotationStore } from "./rotation-store.js";
 
 const FILES = { caCert: "ca.crt", privateKey: "private.key", expiration: "expiration" } as const;
 type Field = keyof typeof FILES;
@@ -19,6 +20,11 @@ const COMPLETE_WAIT_MS = 5_000;
 
 export class DirectoryCaStore {
   constructor(readonly directory: string) {}
+
+  /** Root rotation state and the rotated roots, kept in the same directory (issue 9). */
+  get rotation(): DirectoryRotationStore {
+    return new DirectoryRotationStore(this.directory);
+  }
 
   describe(): string {
     return `CA directory ${this.directory}`;

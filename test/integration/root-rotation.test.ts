@@ -1,0 +1,447 @@
+// Issue 9's Done-when, scaled to npm test: two workloads (two real agents against a real server in
+// directory mode) make a fresh mTLS handshake every 50 ms, both ways, with exactly the secrets their
+// agents serve over SDS, while `osm-cert rotate-root` takes the root through every phase (and is
+// SIGKILLed in phase 4 and resumed, then run again to prove it does nothing twice). Then a second
+// rotation that times out on a straggler is rolled back before phase 3. Throughout: zero failed
+// handshakes; the SDS streams see ROOTCA and default change without reconnecting; at the end
+// nobody trusts the first root.
+
+import assert from "node:assert/strict";
+import { createHash, X509Certificate } from "node:crypto";
+import { readFile, writeFile } from "node:fs/promises";
+import { join } from "node:path";
+import { after, before, describe, test } from "node:test";
+import { connect, createSecureContext, createServer, type SecureContext, type Server } from "node:tls";
+import { decodeCertificates } from "../../common/pem.js";
+import { connectSds, decodeSecrets, SdsStream } from "../helpers/envoy-sds-client.js";
+import { tempDir } from "../helpers/pki.js";
+import { type CliProcess, runCli, startCli, startServerProcess } from "../helpers/processes.js";
+
+const SERVICE_VALIDITY = "20s";
+
+interface Served {
+  cert: string;
+  key: string;
+  rootca: string;
+}
+
+/** Follows one agent's SDS stream like Envoy: ACKs every response, keeps the latest secrets. */
+class Workload {
+  readonly stream: SdsStream;
+  served: Served | null = null;
+  readonly rootcaSeen: string[] = [];
+  readonly serialsSeen = new Set<string>();
+  private seen = 0;
+  private stopped = false;
+
+  constructor(
+    readonly name: string,
+    socket: string,
+  ) {
+    this.stream = new SdsStream(connectSds(socket));
+    this.stream.request(["default", "ROOTCA"]);
+    void this.follow();
+  }
+
+  private async follow(): Promise<void> {
+    while (!this.stopped) {
+      const response = await this.stream.next(this.seen, 1_000).catch(() => null);
+      if (response === null) continue;
+      this.seen += 1;
+      const secrets = new Map(decodeSecrets(response).map((s) => [s.name, s]));
+      const cert = secrets.get("default")?.certificateChain ?? this.served?.cert;
+      const key = secrets.get("default")?.privateKey ?? this.served?.key;
+      const rootca = secrets.get("ROOTCA")?.trustedCa ?? this.served?.rootca;
+      if (cert && key && rootca) {
+        this.served = { cert, key, rootca };
+        if (this.rootcaSeen.at(-1) !== rootca) this.rootcaSeen.push(rootca);
+        this.serialsSeen.add(new X509Certificate(cert).serialNumber);
+      }
+      this.stream.request(["default", "ROOTCA"], { version: response.version_info, nonce: response.nonce });
+    }
+  }
+
+  stop(): void {
+    this.stopped = true;
+    this.stream.end();
+  }
+}
+
+function fingerprints(pem: string): string[] {
+  return decodeCertificates(pem).map((der) => createHash("sha256").update(der).digest("hex"));
+}
+
+/** A TLS server presenting `w`'s served cert, requiring a client cert chained to w's ROOTCA. */
+class Listener {
+  readonly server: Server;
+  private context: SecureContext | null = null;
+  private current: Served | null = null;
+  port = 0;
+
+  constructor(private readonly w: Workload) {
+    this.server = createServer(
+      {
+        requestCert: true,
+        rejectUnauthorized: true,
+        SNICallback: (_n, cb) => cb(null, this.secureContext()),
+      },
+      (socket) => {
+        socket.end("ok");
+      },
+    );
+    this.server.on("tlsClientError", () => {});
+  }
+
+  private secureContext(): SecureContext {
+    const served = this.w.served as Served;
+    if (served !== this.current) {
+      this.current = served;
+      this.context = createSecureContext({ cert: served.cert, key: served.key, ca: served.rootca });
+    }
+    return this.context as SecureContext;
+  }
+
+  async listen(): Promise<void> {
+    await new Promise<void>((resolve) => this.server.listen(0, "127.0.0.1", resolve));
+    this.port = (this.server.address() as { port: number }).port;
+  }
+}
+
+/** One fresh mTLS connection from `client` to `to`; resolves with an error message or null. */
+function handshake(client: Workload, to: Listener): Promise<string | null> {
+  const served = client.served as Served;
+  return new Promise((resolve) => {
+    const socket = connect({
+      host: "127.0.0.1",
+      port: to.port,
+      servername: "workload.mesh",
+      cert: served.cert,
+      key: served.key,
+      ca: served.rootca,
+      // Workload certs name SPIFFE IDs, not host names; trust is the chain to ROOTCA here.
+      checkServerIdentity: () => undefined,
+    });
+    let data = "";
+    const timer = setTimeout(() => finish("timeout"), 5_000);
+    const finish = (error: string | null) => {
+      clearTimeout(timer);
+      socket.destroy();
+      resolve(error);
+    };
+    socket.setEncoding("utf8");
+    socket.on("data", (chunk: string) => {
+      data += chunk;
+    });
+    socket.on("end", () => finish(data === "ok" ? null : `server closed without ok (${data})`));
+    socket.on("error", (error) => finish(error.message));
+  });
+}
+
+describe("root rotation under continuous mTLS traffic (directory mode)", () => {
+  let dir: Awaited<ReturnType<typeof tempDir>>;
+  let caDir: string;
+  let server: CliProcess;
+  let admin: string;
+  const agents: CliProcess[] = [];
+  const workloads: Workload[] = [];
+  const listeners: Listener[] = [];
+  const failures: string[] = [];
+  let handshakes = 0;
+  let traffic: Promise<void> | null = null;
+  let trafficOn = true;
+  let firstRoot = "";
+
+  const rotate = (args: string[]) =>
+    runCli([
+      "rotate-root",
+      "--ca-dir",
+      caDir,
+      "--server",
+      admin,
+      "--wait-agents",
+      "30s",
+      "--renew-window",
+      "3s",
+      "--service-cert-validity-duration",
+      SERVICE_VALIDITY,
+      "--clock-skew",
+      "1s",
+      "--follow-lag",
+      "2s",
+      "--agent-reconnect-grace",
+      "3s",
+      ...args,
+    ]);
+  const say = (result: { lines: { msg?: string }[] }) => result.lines.map((l) => l.msg ?? "").join("\n");
+
+  before(async () => {
+    dir = await tempDir();
+    caDir = join(dir.path, "ca");
+    ({ server, admin } = await startServerProcess(caDir, [
+      "--service-cert-validity-duration",
+      SERVICE_VALIDITY,
+    ]));
+    firstRoot = fingerprints(await readFile(join(caDir, "ca.crt"), "utf8"))[0] as string;
+    for (const [ns, sa] of [
+      ["bookstore", "bookstore-v2"],
+      ["bookbuyer", "bookbuyer"],
+    ] as const) {
+      const out = join(dir.path, `${sa}-bootstrap`);
+      const issued = await runCli([
+        "issue",
+        "bootstrap",
+        "--namespace",
+        ns,
+        "--service-account",
+        sa,
+        "--ca-dir",
+        caDir,
+        "--out",
+        out,
+      ]);
+      assert.equal(issued.code, 0, issued.stderr);
+      const socket = join(dir.path, `${sa}.sock`);
+      const address = (server.lines.find((l) => l.event === "server.started")?.address as string) ?? "";
+      const agent = startCli(`agent ${sa}`, [
+        "agent",
+        "--server",
+        address,
+        "--ca-bundle",
+        join(out, "ca.crt"),
+        "--namespace",
+        ns,
+        "--service-account",
+        sa,
+        "--bootstrap-cert",
+        join(out, "tls.crt"),
+        "--bootstrap-key",
+        join(out, "tls.key"),
+        "--sds-socket",
+        socket,
+        "--admin-listen",
+        "127.0.0.1:0",
+        "--cert-validity",
+        SERVICE_VALIDITY,
+      ]);
+      agents.push(agent);
+      await agent.waitForEvent("certificate.rotated");
+      workloads.push(new Workload(sa, socket));
+    }
+    const deadline = Date.now() + 10_000;
+    while (workloads.some((w) => w.served === null)) {
+      assert.ok(Date.now() < deadline, "SDS clients got their first secrets");
+      await new Promise((r) => setTimeout(r, 50));
+    }
+    for (const w of workloads) {
+      const l = new Listener(w);
+      await l.listen();
+      listeners.push(l);
+    }
+    const [a, b] = workloads as [Workload, Workload];
+    const [la, lb] = listeners as [Listener, Listener];
+    traffic = (async () => {
+      let flip = false;
+      while (trafficOn) {
+        flip = !flip;
+        const [from, to] = flip ? [a, lb] : [b, la];
+        const error = await handshake(from, to);
+        handshakes += 1;
+        if (error !== null) failures.push(`${new Date().toISOString()} ${from.name}: ${error}`);
+        await new Promise((r) => setTimeout(r, 50));
+      }
+    })();
+  });
+
+  after(async () => {
+    trafficOn = false;
+    await traffic;
+    for (const w of workloads) w.stop();
+    for (const l of listeners) l.server.close();
+    for (const agent of agents) await agent.stop();
+    await server?.stop();
+    await dir?.remove();
+  });
+
+  test("every phase; phase 2 timing out and resumed, rotate-root SIGKILLed in phase 4 and resumed, then a rerun that does nothing: zero failed handshakes", async () => {
+    await new Promise((r) => setTimeout(r, 1_000));
+    // Phase 1, then phase 2 times out on a replica nobody can reach: exit 1, the straggler named.
+    const stalled = await rotate(["--server", "127.0.0.1:1", "--wait-agents", "1s"]);
+    assert.equal(stalled.code, 1);
+    assert.match(say(stalled), /phase 1\/4 done: generated new root [0-9a-f]{16}/);
+    assert.match(stalled.stderr, /stragglers: server 127\.0\.0\.1:1/);
+
+    const address = server.lines.find((l) => l.event === "server.started")?.address as string;
+    const published = (await (await fetch(`http://${admin}/status`)).json()) as {
+      trustBundle: { roots: unknown[] };
+      rotation: { phase: string };
+    };
+    assert.equal(published.rotation.phase, "published");
+    assert.equal(published.trustBundle.roots.length, 2);
+
+    // rotate-root resumes at phase 2, and is SIGKILLed in phase 4.
+    const secondRun = startCli("rotate-root", [
+      "rotate-root",
+      "--ca-dir",
+      caDir,
+      "--server",
+      admin,
+      "--wait-agents",
+      "30s",
+      "--renew-window",
+      "3s",
+      "--service-cert-validity-duration",
+      SERVICE_VALIDITY,
+      "--clock-skew",
+      "1s",
+      "--follow-lag",
+      "2s",
+      "--agent-reconnect-grace",
+      "3s",
+    ]);
+    await secondRun.waitFor((l) => (l.msg ?? "").includes("phase 4/4: waiting"), 40_000, "phase 4 wait");
+    await secondRun.stop("SIGKILL");
+    const secondSaid = secondRun.lines.map((l) => l.msg ?? "").join("\n");
+    assert.match(secondSaid, /resuming the rotation at phase published/);
+    assert.match(secondSaid, /phase 2\/4: 2 agent\(s\) on bundle [0-9a-f]{16}, 0 not yet/);
+    assert.match(secondSaid, /phase 3\/4: all 1 server\(s\) sign with the new root/);
+    const status = await runCli(["rotate-root", "--ca-dir", caDir, "--status", "--server", admin]);
+    assert.equal(status.code, 0, status.stderr);
+    assert.match(say(status), /phase: signing-new/);
+    assert.match(say(status), /root old: [0-9a-f]{64} expires .* \(in bundle\)/);
+    assert.match(say(status), /root new: [0-9a-f]{64} expires .* \(signing, in bundle\)/);
+
+    const resumed = await rotate([]);
+    assert.equal(resumed.code, 0, resumed.stderr);
+    assert.match(say(resumed), /resuming the rotation at phase signing-new/);
+    assert.match(say(resumed), /rotation complete/);
+
+    const again = await rotate([]);
+    assert.equal(again.code, 0, again.stderr);
+    assert.match(say(again), /already complete .*nothing to do/);
+
+    // The server followed: its bundle holds only the new root, which also signs its serving cert.
+    await server.waitFor(
+      (l) => l.event === "root.switched" && l.phase === "complete",
+      10_000,
+      "complete switch",
+    );
+    const serverStatus = (await (await fetch(`http://${admin}/status`)).json()) as {
+      trustBundle: { roots: { sha256: string }[] };
+      rotation: { signingFingerprint: string };
+    };
+    assert.deepEqual(
+      serverStatus.trustBundle.roots.map((r) => r.sha256),
+      [serverStatus.rotation.signingFingerprint],
+    );
+    assert.ok(!serverStatus.trustBundle.roots.some((r) => r.sha256 === firstRoot));
+    assert.ok(
+      server.lines.filter((l) => l.event === "serving_cert.issued").length >= 2,
+      "serving cert issued at start and re-issued when the signing root changed",
+    );
+    const served = await new Promise<X509Certificate>((resolve, reject) => {
+      const [host, port] = address.split(":") as [string, string];
+      const socket = connect(
+        { host, port: Number(port), rejectUnauthorized: false, ALPNProtocols: ["h2"] },
+        () => {
+          const peer = socket.getPeerX509Certificate();
+          socket.destroy();
+          if (peer === undefined) reject(new Error("no serving certificate"));
+          else resolve(peer);
+        },
+      );
+      socket.on("error", reject);
+    });
+    const newRoot = new X509Certificate(await readFile(join(caDir, "ca.crt"), "utf8"));
+    assert.ok(served.verify(newRoot.publicKey), "the serving certificate is signed by the new root");
+    // The plain files now hold the new root too.
+    assert.equal(
+      fingerprints(await readFile(join(caDir, "ca.crt"), "utf8"))[0],
+      serverStatus.rotation.signingFingerprint,
+    );
+
+    // Agents follow within moments; their SDS streams saw old, old+new, new without reconnecting.
+    const deadline = Date.now() + 10_000;
+    while (workloads.some((w) => fingerprints(w.served?.rootca ?? "").includes(firstRoot))) {
+      assert.ok(Date.now() < deadline, "ROOTCA without the old root reached both SDS clients");
+      await new Promise((r) => setTimeout(r, 50));
+    }
+    for (const w of workloads) {
+      assert.equal(w.stream.error, undefined, `${w.name}: the SDS stream never broke`);
+      const shapes = w.rootcaSeen.map((pem) => fingerprints(pem).length);
+      assert.deepEqual(shapes.slice(0, 3), [1, 2, 1], `${w.name}: ROOTCA went old → old+new → new`);
+      assert.ok(w.serialsSeen.size >= 2, `${w.name}: default changed on the open stream`);
+      const leaf = new X509Certificate((w.served as Served).cert);
+      const root = new X509Certificate((w.served as Served).rootca);
+      assert.ok(leaf.verify(root.publicKey), `${w.name}: the served leaf chains to the new root`);
+    }
+    for (const agent of agents) {
+      assert.ok(
+        agent.lines.some((l) => l.event === "certificate.renew_requested"),
+        `${agent.name} was told to renew`,
+      );
+    }
+    const metrics = await (await fetch(`http://${admin}/metrics`)).text();
+    assert.match(metrics, /osm_cert_server_agents_on_bundle\{version="[0-9a-f]{16}"\} 2/);
+    assert.deepEqual(failures, [], `failed handshakes out of ${handshakes}`);
+    assert.ok(handshakes > 100, `handshakes made: ${handshakes}`);
+    process.stdout.write(`# handshakes during the rotation: ${handshakes}, failures: ${failures.length}\n`);
+  });
+
+  test("a second rotation times out on a straggler, lists it, and rolls back before phase 3", async () => {
+    const before = (await (await fetch(`http://${admin}/status`)).json()) as {
+      trustBundle: { version: string };
+    };
+    const straggling = await runCli([
+      "rotate-root",
+      "--ca-dir",
+      caDir,
+      "--again",
+      "--server",
+      admin,
+      "--server",
+      "127.0.0.1:1",
+      "--wait-agents",
+      "2s",
+      "--agent-reconnect-grace",
+      "3s",
+    ]);
+    assert.equal(straggling.code, 1);
+    assert.match(straggling.stderr, /stragglers: .*server 127\.0\.0\.1:1 \(fetch failed\)/);
+    assert.match(straggling.stderr, /stays at phase 1/);
+    const rollback = await runCli(["rotate-root", "--ca-dir", caDir, "--rollback"]);
+    assert.equal(rollback.code, 0, rollback.stderr);
+    assert.match(say(rollback), /rolled back/);
+    const twice = await runCli(["rotate-root", "--ca-dir", caDir, "--rollback"]);
+    assert.match(say(twice), /already rolled back; nothing to do/);
+    const deadline = Date.now() + 10_000;
+    for (;;) {
+      const now = (await (await fetch(`http://${admin}/status`)).json()) as {
+        trustBundle: { version: string };
+      };
+      if (now.trustBundle.version === before.trustBundle.version) break;
+      assert.ok(Date.now() < deadline, "the server followed the rollback");
+      await new Promise((r) => setTimeout(r, 100));
+    }
+    await new Promise((r) => setTimeout(r, 1_000));
+    assert.deepEqual(failures, [], `failed handshakes out of ${handshakes}`);
+  });
+
+  test("a corrupt rotation state stops the command with a clear message and changes nothing", async () => {
+    const path = join(caDir, "rotation.json");
+    const good = await readFile(path, "utf8");
+    await writeFile(path, good.replace('"phase": "rolled-back"', '"phase": "sideways"'));
+    try {
+      const result = await rotate(["--again"]);
+      assert.equal(result.code, 1);
+      assert.match(
+        result.stderr,
+        /rotation state is unusable \(unknown phase "sideways"\); nothing was changed/,
+      );
+      assert.equal((await readFile(path, "utf8")).includes("sideways"), true);
+      await server.waitForEvent("root.rotation_state_unusable", 15_000);
+      assert.deepEqual(failures, []);
+    } finally {
+      await writeFile(path, good);
+    }
+  });
+});
