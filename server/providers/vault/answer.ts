@@ -5,8 +5,7 @@
 import { createPublicKey, X509Certificate } from "node:crypto";
 import { decodeCertificates, encodePem } from "../../../common/pem.js";
 import { ipAddressBytes } from "../../../common/x509/certificate.js";
-import { contentOf, DerReader, readIa5String, readOid, TAG } from "../../../common/x509/der.js";
-import { OID } from "../../../common/x509/oids.js";
+import { type CertificateNames, readCertificateNames } from "../../../common/x509/certificate-names.js";
 import type { IssueRequest } from "../provider.js";
 
 export class VaultAnswerError extends Error {
@@ -66,11 +65,22 @@ export function checkSignAnswer(data: unknown, request: IssueRequest, now = Date
   if (leaf.ca) throw new VaultAnswerError("the certificate is a CA certificate");
 
   // Names: the subject CN and every SAN exactly as decided, nothing more, nothing less.
-  const cn = commonNameOf(leaf.subject);
+  let names: CertificateNames;
+  try {
+    names = readCertificateNames(leafDer);
+  } catch (error) {
+    throw new VaultAnswerError(`data.certificate is unreadable: ${(error as Error).message}`);
+  }
+  const cn = names.subjectCommonName;
   if (cn !== request.commonName) {
     throw new VaultAnswerError(`the certificate's CN is "${cn ?? ""}", expected "${request.commonName}"`);
   }
-  const sans = readSubjectAltNames(leafDer);
+  const sans = {
+    dns: names.san.dnsNames,
+    uris: names.san.uris,
+    ips: names.san.ipAddresses.map((ip) => ipAddressBytes(ip).toString("hex")),
+    other: names.san.emailAddresses.length + names.san.otherSanCount,
+  };
   const expectDns = new Set(request.dnsNames);
   const expectUris = new Set(request.uris);
   const expectIps = new Set(request.ipAddresses.map((ip) => ipAddressBytes(ip).toString("hex")));
@@ -124,51 +134,4 @@ export function checkSignAnswer(data: unknown, request: IssueRequest, now = Date
     ],
     anchor: child,
   };
-}
-
-function commonNameOf(subject: string): string | null {
-  const cns = subject.split("\n").filter((l) => l.startsWith("CN="));
-  return cns.length === 1 ? (cns[0] as string).slice(3) : null;
-}
-
-/** SANs read structurally from the certificate DER (never from a display string). */
-export function readSubjectAltNames(der: Buffer): {
-  dns: string[];
-  uris: string[];
-  ips: string[];
-  other: number;
-} {
-  const out = { dns: [] as string[], uris: [] as string[], ips: [] as string[], other: 0 };
-  const top = new DerReader(der);
-  const cert = top.enter(top.expect(TAG.SEQUENCE, "Certificate"));
-  const tbs = cert.enter(cert.expect(TAG.SEQUENCE, "TBSCertificate"));
-  tbs.optional(TAG.CONTEXT_CONSTRUCTED | 0, "version");
-  for (const what of ["serialNumber", "signature", "issuer", "validity", "subject", "subjectPublicKeyInfo"]) {
-    tbs.read(what);
-  }
-  tbs.optional(TAG.CONTEXT_PRIMITIVE | 1, "issuerUniqueID");
-  tbs.optional(TAG.CONTEXT_PRIMITIVE | 2, "subjectUniqueID");
-  const explicit = tbs.optional(TAG.CONTEXT_CONSTRUCTED | 3, "extensions");
-  if (explicit === undefined) return out;
-  const outer = tbs.enter(explicit);
-  const extensions = outer.enter(outer.expect(TAG.SEQUENCE, "Extensions"));
-  while (!extensions.done) {
-    const extension = extensions.enter(extensions.expect(TAG.SEQUENCE, "Extension"));
-    const oid = readOid(der, extension.expect(TAG.OID, "extnID"));
-    extension.optional(TAG.BOOLEAN, "critical");
-    const value = extension.expect(TAG.OCTET_STRING, "extnValue");
-    if (oid !== OID.subjectAltName) continue;
-    const inner = new DerReader(der, value.start, value.end);
-    const names = inner.enter(inner.expect(TAG.SEQUENCE, "GeneralNames"));
-    while (!names.done) {
-      const name = names.read("GeneralName");
-      if (name.tag === (TAG.CONTEXT_PRIMITIVE | 2))
-        out.dns.push(readIa5String(der, name.start, name.end, "dNSName"));
-      else if (name.tag === (TAG.CONTEXT_PRIMITIVE | 6))
-        out.uris.push(readIa5String(der, name.start, name.end, "URI"));
-      else if (name.tag === (TAG.CONTEXT_PRIMITIVE | 7)) out.ips.push(contentOf(der, name).toString("hex"));
-      else out.other++;
-    }
-  }
-  return out;
 }
