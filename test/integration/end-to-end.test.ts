@@ -10,7 +10,14 @@ import { join } from "node:path";
 import { after, before, describe, test } from "node:test";
 import { connectSds, decodeSecrets, type SdsResponse, SdsStream } from "../helpers/envoy-sds-client.js";
 import { tempDir } from "../helpers/pki.js";
-import { type CliProcess, runCli, startCli, startServerProcess } from "../helpers/processes.js";
+import {
+  type CliProcess,
+  issueBootstrapDir,
+  runCli,
+  startBootstrapAgent,
+  startCli,
+  startServerProcess,
+} from "../helpers/processes.js";
 
 async function waitUntil(
   what: string,
@@ -32,22 +39,8 @@ function secretsOf(response: SdsResponse) {
   return new Map(decodeSecrets(response).map((s) => [s.name, s]));
 }
 
-async function issueBootstrap(dir: string, caDir: string, name: string, ns: string, sa: string) {
-  const out = join(dir, `${name}-bootstrap`);
-  const result = await runCli([
-    "issue",
-    "bootstrap",
-    "--namespace",
-    ns,
-    "--service-account",
-    sa,
-    "--ca-dir",
-    caDir,
-    "--out",
-    out,
-  ]);
-  assert.equal(result.code, 0, result.stderr);
-  return out;
+function issueBootstrap(dir: string, caDir: string, name: string, ns: string, sa: string) {
+  return issueBootstrapDir(caDir, join(dir, `${name}-bootstrap`), ns, sa);
 }
 
 function startAgent(
@@ -57,26 +50,15 @@ function startAgent(
   socket: string,
   extra: string[] = [],
 ): CliProcess {
-  return startCli(`agent ${name}`, [
-    "agent",
-    "--server",
+  return startBootstrapAgent({
+    name: `agent ${name}`,
     server,
-    "--ca-bundle",
-    join(bootstrap, "ca.crt"),
-    "--namespace",
-    "bookstore",
-    "--service-account",
-    "bookstore-v2",
-    "--bootstrap-cert",
-    join(bootstrap, "tls.crt"),
-    "--bootstrap-key",
-    join(bootstrap, "tls.key"),
-    "--sds-socket",
+    bootstrapDir: bootstrap,
+    namespace: "bookstore",
+    serviceAccount: "bookstore-v2",
     socket,
-    "--admin-listen",
-    "127.0.0.1:0",
-    ...extra,
-  ]);
+    extra,
+  });
 }
 
 describe("end to end: server, agent, Envoy SDS", () => {

@@ -11,7 +11,13 @@ import { after, before, describe, test } from "node:test";
 import { BOOTSTRAP_TYPE, EnvoyConfigProtos } from "../helpers/envoy-config-protos.js";
 import { connectSds, decodeSecrets, SdsStream } from "../helpers/envoy-sds-client.js";
 import { tempDir } from "../helpers/pki.js";
-import { CLI, type CliProcess, runCli, startCli, startServerProcess } from "../helpers/processes.js";
+import {
+  CLI,
+  type CliProcess,
+  issueBootstrapDir,
+  startBootstrapAgent,
+  startServerProcess,
+} from "../helpers/processes.js";
 
 type Json = Record<string, unknown>;
 
@@ -42,39 +48,14 @@ describe("envoy-bootstrap against a running agent", () => {
     const socket = join(dir.path, "sds.sock");
     let address: string;
     ({ server, address } = await startServerProcess(caDir));
-    const out = join(dir.path, "bootstrap");
-    const issued = await runCli([
-      "issue",
-      "bootstrap",
-      "--namespace",
-      "bookstore",
-      "--service-account",
-      "bookstore-v2",
-      "--ca-dir",
-      caDir,
-      "--out",
-      out,
-    ]);
-    assert.equal(issued.code, 0, issued.stderr);
-    agent = startCli("agent", [
-      "agent",
-      "--server",
-      address,
-      "--ca-bundle",
-      join(out, "ca.crt"),
-      "--namespace",
-      "bookstore",
-      "--service-account",
-      "bookstore-v2",
-      "--bootstrap-cert",
-      join(out, "tls.crt"),
-      "--bootstrap-key",
-      join(out, "tls.key"),
-      "--sds-socket",
+    const out = await issueBootstrapDir(caDir, join(dir.path, "bootstrap"), "bookstore", "bookstore-v2");
+    agent = startBootstrapAgent({
+      server: address,
+      bootstrapDir: out,
+      namespace: "bookstore",
+      serviceAccount: "bookstore-v2",
       socket,
-      "--admin-listen",
-      "127.0.0.1:0",
-    ]);
+    });
     await agent.waitForEvent("agent.started");
 
     const bootstrap = JSON.parse(

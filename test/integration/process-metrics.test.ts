@@ -9,7 +9,7 @@ import { join } from "node:path";
 import { after, before, describe, test } from "node:test";
 import { makeIdentity } from "../../common/identity.js";
 import { bootstrapCert, openTestCa, tempDir } from "../helpers/pki.js";
-import { type CliProcess, startCli, startServerProcess } from "../helpers/processes.js";
+import { type CliProcess, startBootstrapAgent, startCli, startServerProcess } from "../helpers/processes.js";
 import { type Family, parseExposition, sampleValue, scrape } from "../helpers/prometheus.js";
 
 function checkProcessMetrics(families: Map<string, Family>, pid: number): void {
@@ -67,25 +67,13 @@ describe("process and runtime metrics on every process", () => {
     await writeFile(join(dir.path, "tls.crt"), boot.certPem);
     await writeFile(join(dir.path, "tls.key"), boot.keyPem);
     await writeFile(join(dir.path, "ca.crt"), ca.trustBundle().roots.join(""));
-    agent = startCli("agent", [
-      "agent",
-      "--server",
-      address,
-      "--ca-bundle",
-      join(dir.path, "ca.crt"),
-      "--namespace",
-      "bookstore",
-      "--service-account",
-      "bookstore-v2",
-      "--bootstrap-cert",
-      join(dir.path, "tls.crt"),
-      "--bootstrap-key",
-      join(dir.path, "tls.key"),
-      "--sds-socket",
-      join(dir.path, "sds.sock"),
-      "--admin-listen",
-      "127.0.0.1:0",
-    ]);
+    agent = startBootstrapAgent({
+      server: address,
+      bootstrapDir: dir.path,
+      namespace: "bookstore",
+      serviceAccount: "bookstore-v2",
+      socket: join(dir.path, "sds.sock"),
+    });
     webhook = startCli("webhook", [
       "webhook",
       "--ca-dir",

@@ -16,7 +16,13 @@ import { createCsr } from "../../common/x509/csr.js";
 import { certificateServiceDefinition } from "../../proto/signing-api.js";
 import type { TresorProvider } from "../../server/providers/tresor/tresor.js";
 import { bootstrapCert, issueWithCa, openTestCa, tempDir } from "../helpers/pki.js";
-import { type CliProcess, runCli, startCli, startServerProcess } from "../helpers/processes.js";
+import {
+  type CliProcess,
+  issueBootstrapDir,
+  runCli,
+  startBootstrapAgent,
+  startServerProcess,
+} from "../helpers/processes.js";
 import { statusOf, TestSigningClient } from "../helpers/signing-client.js";
 import { startAttack } from "../helpers/slow-request-attack.js";
 
@@ -254,39 +260,14 @@ describe("security: the agent trusts only the signing server", () => {
         (error, bound) => (error ? reject(error) : resolve(bound)),
       ),
     );
-    const out = join(dir.path, "bootstrap");
-    const issued = await runCli([
-      "issue",
-      "bootstrap",
-      "--namespace",
-      "bookstore",
-      "--service-account",
-      "bookstore-v2",
-      "--ca-dir",
-      caDir,
-      "--out",
-      out,
-    ]);
-    assert.equal(issued.code, 0, issued.stderr);
-    const agent = startCli("agent", [
-      "agent",
-      "--server",
-      `localhost:${port}`,
-      "--ca-bundle",
-      join(out, "ca.crt"),
-      "--namespace",
-      "bookstore",
-      "--service-account",
-      "bookstore-v2",
-      "--bootstrap-cert",
-      join(out, "tls.crt"),
-      "--bootstrap-key",
-      join(out, "tls.key"),
-      "--sds-socket",
-      join(dir.path, "sds.sock"),
-      "--admin-listen",
-      "127.0.0.1:0",
-    ]);
+    const out = await issueBootstrapDir(caDir, join(dir.path, "bootstrap"), "bookstore", "bookstore-v2");
+    const agent = startBootstrapAgent({
+      server: `localhost:${port}`,
+      bootstrapDir: out,
+      namespace: "bookstore",
+      serviceAccount: "bookstore-v2",
+      socket: join(dir.path, "sds.sock"),
+    });
     try {
       const failed = await agent.waitForEvent("certificate.request_failed", 20_000);
       assert.match(

@@ -16,7 +16,7 @@ import { certificateServiceDefinition, type TrustBundleMessage } from "../../pro
 import type { TresorProvider } from "../../server/providers/tresor/tresor.js";
 import { connectSds, SdsStream } from "../helpers/envoy-sds-client.js";
 import { bootstrapCert, type KeyedCert, openTestCa, tempDir } from "../helpers/pki.js";
-import { startCli, startServerProcess } from "../helpers/processes.js";
+import { startBootstrapAgent, startServerProcess } from "../helpers/processes.js";
 import { statusOf, TestSigningClient } from "../helpers/signing-client.js";
 
 const STREAMS = 50;
@@ -122,25 +122,13 @@ test("agent: SIGTERM with 50 open SDS streams exits within 2 s", async (t) => {
   await writeFile(join(dir.path, "tls.key"), boot.keyPem);
   await writeFile(join(dir.path, "ca.crt"), rootPem);
   const socket = join(dir.path, "sds.sock");
-  const agent = startCli("agent", [
-    "agent",
-    "--server",
-    address,
-    "--ca-bundle",
-    join(dir.path, "ca.crt"),
-    "--namespace",
-    "bookstore",
-    "--service-account",
-    "bookstore-v2",
-    "--bootstrap-cert",
-    join(dir.path, "tls.crt"),
-    "--bootstrap-key",
-    join(dir.path, "tls.key"),
-    "--sds-socket",
-    socket,
-    "--admin-listen",
-    "127.0.0.1:0",
-  ]);
+  const agent = startBootstrapAgent({
+    server: address,
+    bootstrapDir: dir.path,
+    namespace: "bookstore",
+    serviceAccount: "bookstore-v2",
+    socket: socket,
+  });
   const client = connectSds(socket);
   try {
     await agent.waitForEvent("agent.started");
