@@ -100,3 +100,26 @@ export async function expiredBootstrapCert(
   );
   return { certPem: encodePem("CERTIFICATE", der), keyPem: privateKeyToPem(privateKey) };
 }
+
+/**
+ * A PEM CSR an agent of `serviceAccount.namespace` would send: its service-cert name as CN and DNS
+ * SAN, its SPIFFE ID as URI SAN, a fresh P-256 key. `commonName` replaces only the CN.
+ */
+export async function serviceCsrPem(
+  serviceAccount: string,
+  namespace: string,
+  options: { commonName?: string; trustDomain?: string } = {},
+): Promise<string> {
+  const trustDomain = options.trustDomain ?? "cluster.local";
+  const name = `${serviceAccount}.${namespace}.${trustDomain}`;
+  const { privateKey } = await generateKeyPair("ecdsa-p256");
+  return encodePem(
+    "CERTIFICATE REQUEST",
+    createCsr({
+      privateKey,
+      commonName: options.commonName ?? name,
+      dnsNames: [name],
+      uris: [`spiffe://${trustDomain}/ns/${namespace}/sa/${serviceAccount}`],
+    }),
+  );
+}

@@ -11,13 +11,10 @@ import { join } from "node:path";
 import { after, before, describe, test } from "node:test";
 import { connect, createServer, type TLSSocket } from "node:tls";
 import { fileURLToPath } from "node:url";
-import { generateKeyPair } from "../../common/keys.js";
 import { backoffDelay } from "../../common/lifecycle.js";
-import { encodePem } from "../../common/pem.js";
-import { createCsr } from "../../common/x509/csr.js";
 import { KubeClient, loadKubeconfig, SECRETS, type Secret } from "../../server/kubernetes/client.js";
 import { connectSds, decodeSecrets, SdsStream } from "../helpers/envoy-sds-client.js";
-import { openTestCa, tempDir } from "../helpers/pki.js";
+import { openTestCa, serviceCsrPem, tempDir } from "../helpers/pki.js";
 import { CliProcess, runCli, startCli, startServerProcess } from "../helpers/processes.js";
 import { statusOf, TestSigningClient } from "../helpers/signing-client.js";
 
@@ -92,18 +89,8 @@ const SERVER_FLAGS = (kubeconfig: string, extra: string[] = []) => [
   ...extra,
 ];
 
-async function csrFor(sa: string, ns: string) {
-  const cn = `${sa}.${ns}.cluster.local`;
-  const { privateKey } = await generateKeyPair("ecdsa-p256");
-  return encodePem(
-    "CERTIFICATE REQUEST",
-    createCsr({
-      privateKey,
-      commonName: cn,
-      dnsNames: [cn],
-      uris: [`spiffe://cluster.local/ns/${ns}/sa/${sa}`],
-    }),
-  );
+function csrFor(sa: string, ns: string): Promise<string> {
+  return serviceCsrPem(sa, ns);
 }
 
 describe("cert-manager mode: server, agents and the fake's signer as processes", () => {

@@ -8,28 +8,15 @@ import { mkdir, rename, symlink, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { after, before, describe, test } from "node:test";
 import { fileURLToPath } from "node:url";
-import { generateKeyPair } from "../../common/keys.js";
-import { encodePem } from "../../common/pem.js";
-import { createCsr } from "../../common/x509/csr.js";
 import { connectSds, decodeSecrets, SdsStream } from "../helpers/envoy-sds-client.js";
-import { tempDir } from "../helpers/pki.js";
+import { serviceCsrPem, tempDir } from "../helpers/pki.js";
 import { CliProcess, runCli, startCli, startServerProcess } from "../helpers/processes.js";
 import { statusOf, TestSigningClient } from "../helpers/signing-client.js";
 
 const FAKE = fileURLToPath(new URL("../fakes/kube-apiserver-process.js", import.meta.url));
 
-async function csrFor(sa: string, ns: string): Promise<string> {
-  const cn = `${sa}.${ns}.cluster.local`;
-  const { privateKey } = await generateKeyPair("ecdsa-p256");
-  return encodePem(
-    "CERTIFICATE REQUEST",
-    createCsr({
-      privateKey,
-      commonName: cn,
-      dnsNames: [cn],
-      uris: [`spiffe://cluster.local/ns/${ns}/sa/${sa}`],
-    }),
-  );
+function csrFor(sa: string, ns: string): Promise<string> {
+  return serviceCsrPem(sa, ns);
 }
 
 describe("Kubernetes mode: fake API server, server replicas, token-authenticated agent", () => {

@@ -10,12 +10,9 @@ import { after, before, describe, test } from "node:test";
 import { setTimeout as sleep } from "node:timers/promises";
 import * as grpc from "@grpc/grpc-js";
 import { makeIdentity } from "../../common/identity.js";
-import { generateKeyPair } from "../../common/keys.js";
-import { encodePem } from "../../common/pem.js";
-import { createCsr } from "../../common/x509/csr.js";
 import { certificateServiceDefinition } from "../../proto/signing-api.js";
 import type { TresorProvider } from "../../server/providers/tresor/tresor.js";
-import { bootstrapCert, issueWithCa, openTestCa, tempDir } from "../helpers/pki.js";
+import { bootstrapCert, issueWithCa, openTestCa, serviceCsrPem, tempDir } from "../helpers/pki.js";
 import {
   type CliProcess,
   issueBootstrapDir,
@@ -26,16 +23,8 @@ import {
 import { statusOf, TestSigningClient } from "../helpers/signing-client.js";
 import { startAttack } from "../helpers/slow-request-attack.js";
 
-const TD = "cluster.local";
-
-async function csrFor(sa: string, ns: string, commonName?: string): Promise<string> {
-  const own = `${sa}.${ns}.${TD}`;
-  const cn = commonName ?? own;
-  const { privateKey } = await generateKeyPair("ecdsa-p256");
-  return encodePem(
-    "CERTIFICATE REQUEST",
-    createCsr({ privateKey, commonName: cn, dnsNames: [own], uris: [`spiffe://${TD}/ns/${ns}/sa/${sa}`] }),
-  );
+function csrFor(sa: string, ns: string, commonName?: string): Promise<string> {
+  return serviceCsrPem(sa, ns, { commonName });
 }
 
 async function metric(admin: string, name: string): Promise<number> {
