@@ -100,6 +100,24 @@ export const SERVER_FLAGS = {
     default: "1024",
     validate: positiveInteger,
   },
+  "max-in-flight-signings": {
+    kind: "number",
+    help: "CreateCertificate calls being authenticated or signed at once; more get RESOURCE_EXHAUSTED with a retry hint",
+    default: "512",
+    validate: positiveInteger,
+  },
+  "per-identity-signing-rate": {
+    kind: "number",
+    help: "certificates one identity (ServiceAccount) may ask for per second after its burst; 0 turns the limit off",
+    default: "10",
+    validate: nonNegativeNumber,
+  },
+  "per-identity-signing-burst": {
+    kind: "number",
+    help: "certificates one identity may ask for at once before the rate applies",
+    default: "100",
+    validate: positiveInteger,
+  },
   "liveness-stall-threshold": {
     kind: "duration",
     help: "/healthz fails for a minute after the event loop stalled this long (a hung process gets restarted)",
@@ -258,6 +276,10 @@ function checkServerTrustDomain(value: string): void {
 
 function positiveInteger(value: string): void {
   if (!/^[1-9]\d{0,8}$/.test(value.trim())) throw new Error(`"${value}" is not a positive whole number`);
+}
+
+function nonNegativeNumber(value: string): void {
+  if (!/^\d{1,9}(\.\d+)?$/.test(value.trim())) throw new Error(`"${value}" is not a number ≥ 0`);
 }
 
 function checkHostPort(value: string): void {

@@ -26,6 +26,7 @@ import { type CaStore, TresorProvider } from "./providers/tresor/tresor.js";
 import { openVaultProvider } from "./providers/vault/config.js";
 import { RequestGuard } from "./request-guard.js";
 import { ServingCertificate } from "./serving-certificate.js";
+import { SigningLimits } from "./signing-limits.js";
 import { SigningService } from "./signing-service.js";
 import { TokenAuthenticator } from "./token-review.js";
 
@@ -308,6 +309,12 @@ export async function startServer(flags: ServerFlags, logger: Logger): Promise<R
     logger,
     metrics,
     agents,
+    loadLimits: new SigningLimits({
+      maxInFlight: flags["max-in-flight-signings"],
+      perIdentityRate: flags["per-identity-signing-rate"],
+      perIdentityBurst: flags["per-identity-signing-burst"],
+      metrics,
+    }),
   });
   signing.register(server);
 

@@ -30,6 +30,8 @@ import type { AgentRegistry } from "./agent-registry.js";
 import type { CallerAuthenticator } from "./authn.js";
 import { decideServiceCertificate, type PolicyLimits } from "./policy.js";
 import { type CertificateProvider, ProviderError, type TrustBundle } from "./providers/provider.js";
+import { retryAfter } from "./request-guard.js";
+import type { SigningLimits } from "./signing-limits.js";
 
 export interface SigningServiceOptions {
   readonly provider: CertificateProvider;
@@ -39,6 +41,8 @@ export interface SigningServiceOptions {
   readonly metrics: MetricsRegistry;
   /** Counts agents per bundle version (root rotation); without it reports are accepted and ignored. */
   readonly agents?: AgentRegistry;
+  /** Global in-flight cap and per-identity rate on CreateCertificate (signing-limits.ts). */
+  readonly loadLimits?: SigningLimits;
 }
 
 type Code = keyof typeof grpc.status;
@@ -47,10 +51,15 @@ class Refusal extends Error {
   constructor(
     readonly status: Code,
     message: string,
+    /** Sent as grpc-retry-pushback-ms: when trying again can succeed. */
+    readonly retryAfterMs?: number,
   ) {
     super(message);
   }
 }
+
+/** Retry hint for a RESOURCE_EXHAUSTED whose source gave none (a backend queue, the token-review budget). */
+const DEFAULT_RETRY_AFTER_MS = 2_000;
 
 const CSR_STATUS: Readonly<Record<CsrError["code"], Code>> = {
   CSR_NOT_PEM: "INVALID_ARGUMENT",
@@ -119,15 +128,33 @@ export class SigningService {
       this.issued.inc(labels);
       this.latency.observe(Number(process.hrtime.bigint() - started) / 1e9, labels);
     };
+    const slot = this.options.loadLimits?.enter();
+    if (slot !== undefined && typeof slot !== "function") {
+      finish("RESOURCE_EXHAUSTED");
+      callback({
+        code: grpc.status.RESOURCE_EXHAUSTED,
+        details: slot.message,
+        metadata: retryAfter(slot.retryAfterMs / 1000),
+      });
+      return;
+    }
     this.issue(call).then(
       (response) => {
+        slot?.();
         finish("OK");
         callback(null, response);
       },
       (error: unknown) => {
+        slot?.();
         const refusal = error instanceof Refusal ? error : this.unexpected(error);
         finish(refusal.status);
-        callback({ code: grpc.status[refusal.status], details: refusal.message });
+        callback({
+          code: grpc.status[refusal.status],
+          details: refusal.message,
+          ...(refusal.retryAfterMs === undefined
+            ? {}
+            : { metadata: retryAfter(refusal.retryAfterMs / 1000) }),
+        });
       },
     );
   }
@@ -135,8 +162,13 @@ export class SigningService {
   private async issue(call: grpc.ServerUnaryCall<CreateCertificateRequest, CreateCertificateResponse>) {
     const { provider, authenticator, limits, logger } = this.options;
     const authn = await authenticator.authenticate(call);
-    if (!authn.ok) throw new Refusal(authn.status, authn.message);
+    if (!authn.ok) {
+      const hint = authn.status === "RESOURCE_EXHAUSTED" ? DEFAULT_RETRY_AFTER_MS : undefined;
+      throw new Refusal(authn.status, authn.message, hint);
+    }
     const { caller } = authn;
+    const limited = this.options.loadLimits?.charge(identityName(caller.identity));
+    if (limited) throw new Refusal("RESOURCE_EXHAUSTED", limited.message, limited.retryAfterMs);
 
     const csrPem = call.request.csr;
     if (Buffer.byteLength(csrPem) > MAX_CSR_BYTES) {
@@ -199,7 +231,9 @@ export class SigningService {
       });
     } catch (error) {
       if (error instanceof ProviderError) {
-        throw new Refusal(PROVIDER_STATUS[error.reason], `${provider.name}: ${error.message}`);
+        const hint =
+          error.reason === "exhausted" ? (error.retryAfterMs ?? DEFAULT_RETRY_AFTER_MS) : undefined;
+        throw new Refusal(PROVIDER_STATUS[error.reason], `${provider.name}: ${error.message}`, hint);
       }
       throw error;
     }

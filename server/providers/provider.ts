@@ -64,6 +64,8 @@ export class ProviderError extends Error {
   constructor(
     readonly reason: ProviderErrorReason,
     message: string,
+    /** For "exhausted": when the backend expects room again (sent to the caller as a retry hint). */
+    readonly retryAfterMs?: number,
   ) {
     super(message);
   }

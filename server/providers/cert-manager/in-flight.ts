@@ -16,6 +16,9 @@ interface Waiter {
   readonly timer: NodeJS.Timeout;
 }
 
+/** "A few seconds": the retry hint (grpc-retry-pushback-ms) a refused CSR carries to its agent. */
+const RETRY_AFTER_MS = 3_000;
+
 const leave = (queue: Waiter[], waiter: Waiter): void => {
   const index = queue.indexOf(waiter);
   if (index >= 0) queue.splice(index, 1);
@@ -46,6 +49,7 @@ export class InFlightLimiter {
       throw new ProviderError(
         "exhausted",
         `${this.active} CertificateRequests in flight and ${this.queue.length} waiting (the limits); retry in a few seconds`,
+        RETRY_AFTER_MS,
       );
     }
     return new Promise((resolve, reject) => {
@@ -67,6 +71,7 @@ export class InFlightLimiter {
             new ProviderError(
               "exhausted",
               `waited ${Math.round(maxWaitMs / 1000)}s behind ${this.active} CertificateRequests in flight; retry in a few seconds`,
+              RETRY_AFTER_MS,
             ),
           );
         }, maxWaitMs),
