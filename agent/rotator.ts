@@ -25,6 +25,8 @@ export interface CertificateSigner {
     validityMs: number,
     timeoutMs: number,
   ): Promise<CreateCertificateResponse>;
+  /** The client TLS identity just changed: later calls must go over a connection presenting it. */
+  useCurrentIdentity?(): void;
 }
 
 export interface RotatorOptions {
@@ -60,11 +62,15 @@ export interface RotatorStatus {
 }
 
 const JITTER_FRACTION = 0.1;
+/** A retry hint is spread over at least this much more, however short the hint. */
+const MIN_PUSHBACK_JITTER_MS = 1_000;
 
 export class Rotator {
   private timer: NodeJS.Timeout | undefined;
   private stopped = false;
   private failures = 0;
+  /** Failures since the last success or server retry hint: the exponent of the backoff. */
+  private backoffAttempts = 0;
   private lastError: string | null = null;
   private lastSuccess: Date | null = null;
   private nextAttempt: Date | null = null;
@@ -144,6 +150,7 @@ export class Rotator {
     this.obtainedAt = new Date();
     if (this.options.bootstrap !== null) {
       this.options.tls.setIdentity(certificate.certChainPem, certificate.privateKeyPem);
+      this.options.signer.useCurrentIdentity?.();
       this.usingServiceCert = true;
     }
     return certificate;
@@ -186,6 +193,7 @@ export class Rotator {
       const cert = await this.rotateNow();
       if (this.stopped) return;
       this.failures = 0;
+      this.backoffAttempts = 0;
       this.lastError = null;
       this.lastSuccess = new Date();
       this.attempts.inc({ result: "success" });
@@ -208,8 +216,19 @@ export class Rotator {
       this.lastError = error instanceof Error ? error.message : String(error);
       this.attempts.inc({ result: "failure" });
       this.fallBackToBootstrapIfExpired();
-      const { baseMs, capMs } = this.options.backoff ?? { baseMs: 1_000, capMs: 30_000 };
-      const delay = backoffDelay(this.failures - 1, baseMs, capMs, this.options.random);
+      const pushback = error instanceof SignerError ? error.retryAfterMs : null;
+      let delay: number;
+      if (pushback !== null) {
+        // The server said when it has room: wait that long plus up to as long again, so a fleet
+        // refused together comes back spread out. Not a failure to back off from: the next
+        // refusal's hint decides again.
+        delay =
+          pushback + (this.options.random ?? Math.random)() * Math.max(pushback, MIN_PUSHBACK_JITTER_MS);
+        this.backoffAttempts = 0;
+      } else {
+        const { baseMs, capMs } = this.options.backoff ?? { baseMs: 1_000, capMs: 30_000 };
+        delay = backoffDelay(this.backoffAttempts++, baseMs, capMs, this.options.random);
+      }
       const status = error instanceof SignerError ? error.status : "INTERNAL";
       const served = this.options.cache.validCertificate();
       this.options.logger.warn(
@@ -219,6 +238,7 @@ export class Rotator {
           error: this.lastError,
           attempt: this.failures,
           retryInMs: Math.round(delay),
+          retryAfterMs: pushback ?? undefined,
           servingUntil: served?.notAfter.toISOString() ?? null,
         },
         served === null
@@ -245,6 +265,7 @@ export class Rotator {
       this.options.cache.validCertificate() === null
     ) {
       this.options.tls.setIdentity(this.options.bootstrap.certPem, this.options.bootstrap.keyPem);
+      this.options.signer.useCurrentIdentity?.();
       this.usingServiceCert = false;
     }
   }

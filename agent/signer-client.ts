@@ -1,5 +1,12 @@
-// The agent's client for the signing API: one gRPC+TLS channel to the server, trusting the mesh
-// roots and presenting whatever client certificate the rotator last installed.
+// The agent's client for the signing API: a gRPC+TLS channel to the server, trusting the mesh
+// roots and presenting the client certificate the rotator last installed.
+//
+// A TLS connection presents the certificate of its handshake for its whole life, so a channel
+// opened with a short-lived service certificate would keep presenting it after it expired (every
+// renewal then UNAUTHENTICATED although a newer one is held). Each installed identity therefore gets
+// a channel of its own (useCurrentIdentity): new calls go over it, the trust-bundle stream moves to
+// it once the new stream has delivered (no gap), and the old channel is closed without waiting: calls
+// still running on it finish, and a dead server costs nothing (close() never blocks).
 
 import { randomUUID } from "node:crypto";
 import type { PeerCertificate } from "node:tls";
@@ -23,6 +30,8 @@ export class SignerError extends Error {
     /** gRPC status name, e.g. UNAVAILABLE. */
     readonly status: string,
     message: string,
+    /** The server's grpc-retry-pushback-ms on a refusal: do not ask again before this long. */
+    readonly retryAfterMs: number | null = null,
   ) {
     super(message);
   }
@@ -49,8 +58,21 @@ export interface SignerClientOptions {
 
 type GenericClient = grpc.Client & Record<string, (...args: unknown[]) => unknown>;
 
+/** One WatchTrustBundle subscription; its stream can move between channels. */
+interface Watch {
+  readonly onBundle: (bundle: TrustBundleMessage) => void;
+  readonly onEnd: (error: SignerError) => void;
+  stream: grpc.ClientReadableStream<TrustBundleMessage>;
+  /** A stream on a newer channel, until its first message makes it `stream`. */
+  replacement: grpc.ClientReadableStream<TrustBundleMessage> | null;
+  ended: boolean;
+}
+
 export class SignerClient {
-  private readonly client: GenericClient;
+  /** The channel of the identity installed last: every new call goes over it. */
+  private client: GenericClient;
+  private readonly make: () => GenericClient;
+  private readonly watches = new Set<Watch>();
   /** Random per process: ties this agent's bundle reports to its watch stream on the server. */
   readonly agentId = randomUUID();
 
@@ -74,12 +96,30 @@ export class SignerClient {
         }),
       );
     }
-    this.client = new Constructor(options.target, credentials, {
-      "grpc.keepalive_time_ms": 60_000,
-      // Reconnect quickly after a server restart; the rotator adds its own backoff on top.
-      "grpc.initial_reconnect_backoff_ms": 500,
-      "grpc.max_reconnect_backoff_ms": 10_000,
-    }) as GenericClient;
+    this.make = () =>
+      new Constructor(options.target, credentials, {
+        "grpc.keepalive_time_ms": 60_000,
+        // Reconnect quickly after a server restart; the rotator adds its own backoff on top.
+        "grpc.initial_reconnect_backoff_ms": 500,
+        "grpc.max_reconnect_backoff_ms": 10_000,
+        // A connection of its own: the global pool would hand a new channel with the same
+        // credentials the old connection, with the old certificate.
+        "grpc.use_local_subchannel_pool": 1,
+      }) as GenericClient;
+    this.client = this.make();
+  }
+
+  /**
+   * The client identity changed (TLS material already updated): later calls go over a new
+   * connection that presents it; open trust-bundle streams follow; the old channel is closed.
+   */
+  useCurrentIdentity(): void {
+    const old = this.client;
+    this.client = this.make();
+    for (const watch of this.watches) this.moveWatch(watch);
+    // Calls in flight on the old channel continue (grpc-js); new ones cannot start there. Nothing
+    // here waits for the old connection, so a dead server cannot hold the agent.
+    old.close();
   }
 
   createCertificate(
@@ -106,23 +146,73 @@ export class SignerClient {
     onBundle: (bundle: TrustBundleMessage) => void,
     onEnd: (error: SignerError) => void,
   ): () => void {
+    const watch: Watch = {
+      onBundle,
+      onEnd,
+      stream: this.openWatch(),
+      replacement: null,
+      ended: false,
+    };
+    this.follow(watch, watch.stream);
+    this.watches.add(watch);
+    return () => {
+      this.endWatch(watch);
+      watch.stream.cancel();
+      watch.replacement?.cancel();
+    };
+  }
+
+  private openWatch(): grpc.ClientReadableStream<TrustBundleMessage> {
     const watch = this.client.WatchTrustBundle as (
       req: WatchTrustBundleRequest,
     ) => grpc.ClientReadableStream<TrustBundleMessage>;
-    const stream = watch.call(this.client, { agent_id: this.agentId });
-    let ended = false;
-    const end = (error: SignerError) => {
-      if (ended) return;
-      ended = true;
-      onEnd(error);
+    return watch.call(this.client, { agent_id: this.agentId });
+  }
+
+  /** Events of `stream` count while it is the watch's stream; a replaced stream is silent. */
+  private follow(watch: Watch, stream: grpc.ClientReadableStream<TrustBundleMessage>): void {
+    stream.on("data", (bundle: TrustBundleMessage) => {
+      if (watch.ended) return;
+      if (stream === watch.replacement) {
+        // The new channel delivers: from now on it is the stream; the old one is let go.
+        const old = watch.stream;
+        watch.stream = stream;
+        watch.replacement = null;
+        old.cancel();
+      }
+      if (stream === watch.stream) watch.onBundle(bundle);
+    });
+    const ended = (error: SignerError) => {
+      if (stream === watch.replacement) {
+        // The move failed; the old stream is still good. The next identity change tries again.
+        watch.replacement = null;
+        return;
+      }
+      if (stream !== watch.stream || watch.ended) return;
+      if (watch.replacement !== null) {
+        // The old stream ended first: the replacement, once it delivers, carries on alone.
+        watch.stream = watch.replacement;
+        watch.replacement = null;
+        return;
+      }
+      this.endWatch(watch);
+      watch.onEnd(error);
     };
-    stream.on("data", onBundle);
-    stream.on("error", (error: grpc.ServiceError) => end(toSignerError(error)));
-    stream.on("end", () => end(new SignerError("UNAVAILABLE", "trust bundle stream ended by the server")));
-    return () => {
-      ended = true;
-      stream.cancel();
-    };
+    stream.on("error", (error: grpc.ServiceError) => ended(toSignerError(error)));
+    stream.on("end", () => ended(new SignerError("UNAVAILABLE", "trust bundle stream ended by the server")));
+  }
+
+  private moveWatch(watch: Watch): void {
+    if (watch.ended) return;
+    watch.replacement?.cancel();
+    const stream = this.openWatch();
+    watch.replacement = stream;
+    this.follow(watch, stream);
+  }
+
+  private endWatch(watch: Watch): void {
+    watch.ended = true;
+    this.watches.delete(watch);
   }
 
   /** Tells the server which bundle version this agent now serves (root rotation, phase 2). */
@@ -142,6 +232,11 @@ export class SignerClient {
   }
 
   close(): void {
+    for (const watch of [...this.watches]) {
+      this.endWatch(watch);
+      watch.stream.cancel();
+      watch.replacement?.cancel();
+    }
     this.client.close();
   }
 }
@@ -173,5 +268,15 @@ export function serverIdentityCheck(
 
 function toSignerError(error: grpc.ServiceError): SignerError {
   const status = grpc.status[error.code] ?? "UNKNOWN";
-  return new SignerError(status, error.details || error.message);
+  return new SignerError(status, error.details || error.message, retryPushbackMs(error.metadata));
+}
+
+/** Longest pushback honoured: a hint beyond it is a broken or hostile server, not a plan. */
+const MAX_PUSHBACK_MS = 5 * 60_000;
+
+/** gRPC's grpc-retry-pushback-ms (a non-negative whole number of milliseconds), or null. */
+export function retryPushbackMs(metadata: grpc.Metadata | undefined): number | null {
+  const value = metadata?.get("grpc-retry-pushback-ms")[0];
+  if (typeof value !== "string" || !/^\d{1,10}$/.test(value)) return null;
+  return Math.min(Number(value), MAX_PUSHBACK_MS);
 }

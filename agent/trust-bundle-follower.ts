@@ -48,7 +48,9 @@ export class TrustBundleFollower {
       (error) => {
         this.cancel = undefined;
         if (this.stopped) return;
-        const delay = backoffDelay(this.failures++, 1_000, 30_000);
+        // A refusal with a retry hint (load limits) is waited out, spread by up to as long again.
+        const hint = error.retryAfterMs ?? 0;
+        const delay = Math.max(backoffDelay(this.failures++, 1_000, 30_000), hint + Math.random() * hint);
         this.options.logger.warn(
           {
             event: "trust_bundle.stream_ended",
