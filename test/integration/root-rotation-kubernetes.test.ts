@@ -120,6 +120,14 @@ describe("root rotation under continuous mTLS traffic (Kubernetes mode, two repl
       "fake-apiserver",
     );
     control = (await fake.waitForEvent("fake.started")).control as string;
+    // A meshed namespace: the leader keeps the trust-bundle ConfigMap there.
+    await fetch(`${control}/seed`, {
+      method: "POST",
+      body: JSON.stringify({
+        resource: "namespaces",
+        object: { metadata: { name: "meshed", labels: { "openservicemesh.io/monitored-by": "osm" } } },
+      }),
+    });
     for (let i = 0; i < 2; i++) {
       const replica: Replica = {
         address: `127.0.0.1:${await freePort()}`,
@@ -289,6 +297,17 @@ describe("root rotation under continuous mTLS traffic (Kubernetes mode, two repl
     const rotation = await secret("osm-ca-bundle-rotation");
     const roles = JSON.parse(rotation?.metadata.annotations?.["osm-cert.io/root-roles"] ?? "{}");
     assert.deepEqual(Object.values(roles).sort(), ["active", "inactive"]);
+    // The trust-bundle ConfigMap new pods mount as --ca-bundle: the new root alone.
+    const configMapBy = Date.now() + 10_000;
+    for (;;) {
+      const maps = (await (
+        await fetch(`${control}/objects?resource=configmaps&namespace=meshed`)
+      ).json()) as { metadata: { name: string }; data: Record<string, string> }[];
+      const bundle = maps.find((m) => m.metadata.name === "osm-ca-root-cert")?.data["ca.crt"] ?? "";
+      if (bundle !== "" && fingerprints(bundle).join() === newRoot) break;
+      assert.ok(Date.now() < configMapBy, `the trust-bundle ConfigMap holds the new root alone (${bundle})`);
+      await new Promise((r) => setTimeout(r, 100));
+    }
     for (const replica of replicas) {
       const served = await new Promise<X509Certificate>((resolve, reject) => {
         const [host, port] = replica.address.split(":") as [string, string];
