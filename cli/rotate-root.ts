@@ -238,7 +238,9 @@ async function printStatus(
       ]
         .filter((m) => m !== null)
         .join(", ");
-      out(`root ${root.role}: ${root.fingerprint} expires ${root.notAfter} (${marks}; ${roles[root.id]})`);
+      out(
+        `root ${root.role}: ${root.fingerprint} expires ${root.notAfter} (${marks}) role ${roles[root.id]}`,
+      );
     }
     for (const [name, at] of Object.entries(state.timestamps)) out(`${name}: ${at}`);
     if (state.dropOldAfter !== null && state.phase === "signing-new")

@@ -222,8 +222,8 @@ describe("root rotation under continuous mTLS traffic (Kubernetes mode, two repl
     const status = await runCli(["rotate-root", "--kubeconfig", kubeconfig, "--status"]);
     assert.equal(status.code, 0, status.stderr);
     assert.match(said(status), /phase: published/);
-    assert.match(said(status), /root old: [0-9a-f]{64} expires .* \(signing, in bundle; active\)/);
-    assert.match(said(status), /root new: [0-9a-f]{64} expires .* \(in bundle; passive\)/);
+    assert.match(said(status), /root old: [0-9a-f]{64} expires .* \(signing, in bundle\) role active/);
+    assert.match(said(status), /root new: [0-9a-f]{64} expires .* \(in bundle\) role passive/);
     // Replica A followed the Secret by itself: its bundle holds both roots, the old one signs.
     const published = await statusOf(replicaA);
     assert.equal(published.rotation.phase, "published");
