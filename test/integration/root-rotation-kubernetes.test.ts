@@ -6,7 +6,8 @@
 // --kubeconfig` is SIGKILLed in phase 2 together with one replica; the replica restarts and the
 // command resumes; in phase 4 the other replica is SIGKILLed and restarted. Zero failed
 // handshakes; SDS streams see ROOTCA and default change without reconnecting; at the end no
-// replica, agent or Secret trusts the old root.
+// replica, agent or Secret trusts the old root. A second rotation stalls in phase 2 and is rolled
+// back. The store's resourceVersion preconditions meet real 409s from the fake.
 
 import assert from "node:assert/strict";
 import { spawn } from "node:child_process";
@@ -17,10 +18,13 @@ import { join } from "node:path";
 import { after, before, describe, test } from "node:test";
 import { connect } from "node:tls";
 import { fileURLToPath } from "node:url";
-import { KubeClient, StaticToken } from "../../server/kubernetes/client.js";
+import { KubeClient, SECRETS, StaticToken } from "../../server/kubernetes/client.js";
 import { generateRoot } from "../../server/providers/tresor/ca-material.js";
 import { fingerprintOf } from "../../server/providers/tresor/rotation-state.js";
-import { SecretRotationStore } from "../../server/providers/tresor/secret-rotation-store.js";
+import {
+  type SecretRotationClient,
+  SecretRotationStore,
+} from "../../server/providers/tresor/secret-rotation-store.js";
 import { FakeKubeApiServer } from "../fakes/kube-apiserver.js";
 import { fingerprints, Listener, type Served, Traffic, Workload } from "../helpers/mtls-traffic.js";
 import { tempDir } from "../helpers/pki.js";
@@ -339,12 +343,49 @@ describe("root rotation under continuous mTLS traffic (Kubernetes mode, two repl
       const leaf = new X509Certificate((w.served as Served).cert);
       assert.ok(leaf.verify(promoted.publicKey), `${w.name}: the served leaf chains to the new root`);
     }
-    await traffic?.stop();
     assert.deepEqual(traffic?.failures, [], `failed handshakes out of ${traffic?.handshakes}`);
     assert.ok((traffic?.handshakes ?? 0) > 100, `handshakes made: ${traffic?.handshakes}`);
     process.stdout.write(
       `# handshakes during the Kubernetes-mode rotation: ${traffic?.handshakes}, failures: ${traffic?.failures.length}\n`,
     );
+  });
+
+  test("a second rotation that stalls in phase 2 rolls back to the current root; every replica follows", async () => {
+    const before = await statusOf(replicas[0] as Replica);
+    const stalled = await runCli([
+      ...rotateArgs("3s"),
+      "--again",
+      "--server",
+      "127.0.0.1:1",
+      "--wait-agents",
+      "2s",
+    ]);
+    assert.equal(stalled.code, 1);
+    assert.match(stalled.stderr, /stragglers: .*server 127\.0\.0\.1:1/);
+    const rollback = await runCli(["rotate-root", "--kubeconfig", kubeconfig, "--rollback"]);
+    assert.equal(rollback.code, 0, rollback.stderr);
+    assert.match(said(rollback), /rolled back/);
+    const twice = await runCli(["rotate-root", "--kubeconfig", kubeconfig, "--rollback"]);
+    assert.match(said(twice), /already rolled back; nothing to do/);
+    for (const replica of replicas) {
+      const deadline = Date.now() + 10_000;
+      for (;;) {
+        const now = await statusOf(replica);
+        if (now.rotation.phase === "rolled-back") {
+          assert.equal(now.trustBundle.version, before.trustBundle.version);
+          assert.equal(now.rotation.signingFingerprint, before.rotation.signingFingerprint);
+          break;
+        }
+        assert.ok(Date.now() < deadline, `${replica.admin} followed the rollback`);
+        await new Promise((r) => setTimeout(r, 100));
+      }
+    }
+    const status = await runCli(["rotate-root", "--kubeconfig", kubeconfig, "--status"]);
+    assert.match(said(status), /phase: rolled-back/);
+    assert.match(said(status), /root new: [0-9a-f]{64} .*\(not in bundle\) role inactive/);
+    await new Promise((r) => setTimeout(r, 1_000));
+    await traffic?.stop();
+    assert.deepEqual(traffic?.failures, [], `failed handshakes out of ${traffic?.handshakes}`);
   });
 });
 
@@ -373,7 +414,7 @@ describe("rotation Secret: resourceVersion preconditions", () => {
     new SecretRotationStore({ client, namespace: "osm-system", caBundleSecretName: "osm-ca-bundle" });
   const ROOT = { keyAlgorithm: "ecdsa-p256" as const, commonName: "osm.root", validityMs: 3_600_000 };
 
-  test("two writers adding roots at once both land (409 → re-read → retry); the same id with another root is refused", async () => {
+  test("two writers adding roots to a Secret that does not exist yet both land (AlreadyExists → re-read → update); the same id with another root is refused", async () => {
     const [one, two] = await Promise.all([generateRoot(ROOT), generateRoot(ROOT)]);
     const idOf = (pem: string) => fingerprintOf(new X509Certificate(pem)).slice(0, 16);
     await Promise.all([store().writeRoot(idOf(one.caCert), one), store().writeRoot(idOf(two.caCert), two)]);
@@ -383,6 +424,53 @@ describe("rotation Secret: resourceVersion preconditions", () => {
     const conflicts = fake.requests.filter((r) => r.verb === "update" && r.status === 409);
     const creates = fake.requests.filter((r) => r.verb === "create" && r.resource === "secrets");
     assert.ok(conflicts.length + creates.length >= 2, "the race went through the API server's referee");
+  });
+
+  test("a real 409 (someone wrote between read and update) re-reads and retries, keeping both writes; endless conflicts give up after 5 tries", async () => {
+    // Before each update this client lets another writer change the Secret, so the update's
+    // resourceVersion precondition fails at the API server.
+    let interfere = 0;
+    const racing: SecretRotationClient = {
+      get: (type, name, options) => client.get(type, name, options),
+      create: (type, object, options) => client.create(type, object, options),
+      watch: (type, options) => client.watch(type, options),
+      update: async (type, object, options) => {
+        if (interfere > 0) {
+          interfere -= 1;
+          const current = await client.get(SECRETS, "osm-ca-bundle-rotation", { namespace: "osm-system" });
+          current.metadata = {
+            ...current.metadata,
+            annotations: { ...current.metadata?.annotations, other: String(interfere) },
+          };
+          await client.update(SECRETS, current, { namespace: "osm-system" });
+        }
+        return client.update(type, object, options);
+      },
+    };
+    const raced = new SecretRotationStore({
+      client: racing,
+      namespace: "osm-system",
+      caBundleSecretName: "osm-ca-bundle",
+    });
+    const root = await generateRoot(ROOT);
+    const id = fingerprintOf(new X509Certificate(root.caCert)).slice(0, 16);
+    const conflictsBefore = fake.requests.filter((r) => r.verb === "update" && r.status === 409).length;
+    interfere = 1;
+    await raced.writeRoot(id, root);
+    assert.equal(
+      fake.requests.filter((r) => r.verb === "update" && r.status === 409).length,
+      conflictsBefore + 1,
+    );
+    assert.equal((await store().readRoot(id)).caCert, root.caCert);
+    const stored = await client.get(SECRETS, "osm-ca-bundle-rotation", { namespace: "osm-system" });
+    assert.equal(stored.metadata?.annotations?.other, "0", "the other writer's change was kept");
+
+    const another = await generateRoot(ROOT);
+    const anotherId = fingerprintOf(new X509Certificate(another.caCert)).slice(0, 16);
+    interfere = 100;
+    await assert.rejects(raced.writeRoot(anotherId, another), /changed by someone else on each of 5 tries/);
+    interfere = 0;
+    await assert.rejects(store().readRoot(anotherId), /missing/);
   });
 
   test("a state changed by another rotate-root while this one ran is not overwritten", async () => {
