@@ -1,16 +1,25 @@
 // `osm-cert rotate-root`: the operator's command for a zero-downtime root rotation (issue 9). It
-// drives the phases in server/rotation/root-rotation.ts against the CA directory and asks each
+// drives the phases in server/rotation/root-rotation.ts against the CA directory (or, in Kubernetes
+// mode, the CA bundle Secret and its rotation Secret in the OSM namespace) and asks each
 // signing server's admin endpoint (--server, its --admin-listen address) which bundle its agents
 // serve. Output is one human line per step on stdout; state lives with the root, so rerunning
 // resumes, and a finished rotation is not redone.
 
 import { X509Certificate } from "node:crypto";
 import { formatDuration } from "../common/duration.js";
-import { FlagError, type FlagTable, parseFlags, readFlagFile } from "../common/flags.js";
+import { FlagError, type FlagTable, type ParsedFlags, parseFlags, readFlagFile } from "../common/flags.js";
 import { type KeyAlgorithm, parseKeyAlgorithm } from "../common/keys.js";
+import { KubeClient, loadKubeconfig } from "../server/kubernetes/client.js";
 import type { CaMaterial } from "../server/providers/tresor/ca-material.js";
 import { DirectoryCaStore } from "../server/providers/tresor/directory-store.js";
 import type { RotationState } from "../server/providers/tresor/rotation-state.js";
+import type { RotationStore } from "../server/providers/tresor/rotation-store.js";
+import { rootRoles, SecretRotationStore } from "../server/providers/tresor/secret-rotation-store.js";
+import {
+  DEFAULT_CA_BUNDLE_SECRET_NAME,
+  DEFAULT_OSM_NAMESPACE,
+  SecretCaStore,
+} from "../server/providers/tresor/secret-store.js";
 import { ROTATION_POLL_MS } from "../server/providers/tresor/tresor.js";
 import {
   RotationError,
@@ -20,7 +29,27 @@ import {
 } from "../server/rotation/root-rotation.js";
 
 const FLAGS = {
-  "ca-dir": { kind: "string", help: "Tresor's CA directory (the server's --ca-dir)", required: true },
+  "ca-dir": {
+    kind: "string",
+    help: "Tresor's CA directory (the server's --ca-dir); or Kubernetes mode with --kubeconfig",
+  },
+  kubeconfig: {
+    kind: "string",
+    help: "Kubernetes mode: the operator's kubeconfig; the root and the rotation state are Secrets in --osm-namespace",
+    env: "KUBECONFIG",
+  },
+  "osm-namespace": {
+    kind: "string",
+    help: "Kubernetes mode: namespace of the OSM control plane",
+    default: DEFAULT_OSM_NAMESPACE,
+    env: "OSM_NAMESPACE",
+  },
+  "ca-bundle-secret-name": {
+    kind: "string",
+    help: "Kubernetes mode: the servers' CA bundle Secret (the rotation state is kept in <name>-rotation)",
+    default: DEFAULT_CA_BUNDLE_SECRET_NAME,
+    env: "OSM_CA_BUNDLE_SECRET_NAME",
+  },
   status: {
     kind: "boolean",
     help: "print the phase, the roots and the agents per bundle, and change nothing",
@@ -186,12 +215,12 @@ async function operatorRoot(flags: {
 
 async function printStatus(
   state: RotationState | null,
-  dir: DirectoryCaStore,
+  store: CaStoreWithRotation,
   servers: readonly string[],
 ): Promise<void> {
   const out = (line: string) => process.stdout.write(`${line}\n`);
   if (state === null) {
-    const plain = await dir.load();
+    const plain = await store.load();
     out("phase: none (no rotation has started)");
     if (plain !== null) {
       const cert = new X509Certificate(plain.caCert);
@@ -201,6 +230,7 @@ async function printStatus(
     }
   } else {
     out(`phase: ${state.phase}`);
+    const roles = rootRoles(state);
     for (const root of state.roots) {
       const marks = [
         root.id === state.signing ? "signing" : null,
@@ -208,7 +238,9 @@ async function printStatus(
       ]
         .filter((m) => m !== null)
         .join(", ");
-      out(`root ${root.role}: ${root.fingerprint} expires ${root.notAfter} (${marks})`);
+      out(
+        `root ${root.role}: ${root.fingerprint} expires ${root.notAfter} (${marks}) role ${roles[root.id]}`,
+      );
     }
     for (const [name, at] of Object.entries(state.timestamps)) out(`${name}: ${at}`);
     if (state.dropOldAfter !== null && state.phase === "signing-new")
@@ -231,9 +263,46 @@ async function printStatus(
   }
 }
 
+interface CaStoreWithRotation {
+  load(): Promise<CaMaterial | null>;
+  readonly rotation: RotationStore;
+}
+
+/** The CA directory, or the CA bundle Secret and its rotation Secret (Kubernetes mode). */
+async function openStore(flags: {
+  "ca-dir"?: string;
+  kubeconfig?: string;
+  "osm-namespace": string;
+  "ca-bundle-secret-name": string;
+}): Promise<{ store: CaStoreWithRotation; close: () => Promise<void> }> {
+  const dir = flags["ca-dir"];
+  const kubeconfig = flags.kubeconfig;
+  if (dir !== undefined) return { store: new DirectoryCaStore(dir), close: async () => {} };
+  if (kubeconfig === undefined) {
+    throw new FlagError("rotate-root: give --ca-dir DIR, or --kubeconfig FILE for Kubernetes mode");
+  }
+  const client = new KubeClient({
+    config: await loadKubeconfig(kubeconfig),
+    userAgent: "osm-cert-rotate-root",
+  });
+  const namespace = flags["osm-namespace"];
+  const name = flags["ca-bundle-secret-name"];
+  const rotation = new SecretRotationStore({ client, namespace, caBundleSecretName: name });
+  const plain = new SecretCaStore({ client, namespace, name, rotation });
+  return { store: { load: () => plain.load(), rotation }, close: () => client.close() };
+}
+
 export async function rotateRootCommand(argv: readonly string[]): Promise<void> {
   const flags = parseFlags("rotate-root", FLAGS, argv);
-  const dir = new DirectoryCaStore(flags["ca-dir"]);
+  const { store, close } = await openStore(flags);
+  try {
+    await rotateWith(flags, store);
+  } finally {
+    await close();
+  }
+}
+
+async function rotateWith(flags: ParsedFlags<typeof FLAGS>, dir: CaStoreWithRotation): Promise<void> {
   const rotation = dir.rotation;
   const servers = flags.server.filter((s) => s !== "");
   if (flags.status) {

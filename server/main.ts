@@ -21,6 +21,7 @@ import { TrustBundleDistributor } from "./kubernetes/trust-bundle-distributor.js
 import { CertManagerProvider } from "./providers/cert-manager/cert-manager.js";
 import type { CertificateProvider } from "./providers/provider.js";
 import { DirectoryCaStore } from "./providers/tresor/directory-store.js";
+import { SecretRotationStore } from "./providers/tresor/secret-rotation-store.js";
 import { SecretCaStore } from "./providers/tresor/secret-store.js";
 import { type CaStore, TresorProvider } from "./providers/tresor/tresor.js";
 import { openVaultProvider } from "./providers/vault/config.js";
@@ -79,6 +80,12 @@ function caStore(flags: ServerFlags, kube: KubeClient | null): CaStore {
       client: kube,
       namespace: flags["osm-namespace"],
       name: flags["ca-bundle-secret-name"],
+      // Root rotation (issue 9): every replica follows the rotation Secret beside the CA bundle.
+      rotation: new SecretRotationStore({
+        client: kube,
+        namespace: flags["osm-namespace"],
+        caBundleSecretName: flags["ca-bundle-secret-name"],
+      }),
     });
   }
   throw new StartupError(

@@ -191,8 +191,8 @@ function readmeGrants(backend: Backend, values: Record<string, unknown>): Set<Gr
   const cell = (text: string) => {
     const t = text.trim().replace(/^`|`$/g, "");
     if (t === '""') return "";
-    const placeholder = /^<([A-Za-z0-9.]+)>$/.exec(t);
-    return placeholder ? lookup(values, placeholder[1] ?? "") : t;
+    // A placeholder may stand alone or inside a name (`<caBundleSecretName>-rotation`).
+    return t.replace(/<([A-Za-z0-9.]+)>/g, (_, path: string) => lookup(values, path));
   };
   const grants = new Set<Grant>();
   for (const line of lines.slice(header + 2)) {
@@ -969,6 +969,8 @@ describe("Helm chart helm/osm-cert", () => {
       const used = new Set(mine.map((r) => `${r.verb} ${r.resource}`));
       for (const needed of [
         "create secrets",
+        // Root rotation: every replica follows the rotation Secret by name.
+        "watch secrets",
         "create leases",
         "list namespaces",
         "create configmaps",
@@ -1016,6 +1018,15 @@ describe("Helm chart helm/osm-cert", () => {
       );
       await assert.rejects(sa.list(SECRETS, { namespace: NS }), forbidden, "no list on secrets");
       await assert.rejects(sa.delete(SECRETS, "osm-ca-bundle", { namespace: NS }), forbidden, "no delete");
+      await assert.rejects(
+        sa.update(
+          SECRETS,
+          { metadata: { name: "osm-ca-bundle-rotation", namespace: NS } },
+          { namespace: NS },
+        ),
+        forbidden,
+        "the rotation Secret is written by rotate-root only",
+      );
       await assert.rejects(
         sa.get(SECRETS, "osm-ca-bundle", { namespace: MESHED }),
         forbidden,

@@ -12,6 +12,7 @@ import {
   type Secret,
 } from "../../kubernetes/client.js";
 import { type CaMaterial, CaMaterialError } from "./ca-material.js";
+import type { RotationStore } from "./rotation-store.js";
 import type { CaStore } from "./tresor.js";
 
 export const DEFAULT_CA_BUNDLE_SECRET_NAME = "osm-ca-bundle";
@@ -29,11 +30,14 @@ export interface SecretCaStoreOptions {
   readonly name?: string;
   /** Labels for a Secret this store creates; an existing Secret is never relabelled. */
   readonly labels?: Readonly<Record<string, string>>;
+  /** Root rotation state and roots (SecretRotationStore); without it the root never changes. */
+  readonly rotation?: RotationStore;
 }
 
 export class SecretCaStore implements CaStore {
   readonly namespace: string;
   readonly name: string;
+  readonly rotation: RotationStore | undefined;
   private readonly client: Pick<KubeClient, "get" | "create">;
   private readonly labels: Readonly<Record<string, string>> | undefined;
 
@@ -42,6 +46,7 @@ export class SecretCaStore implements CaStore {
     this.namespace = options.namespace ?? DEFAULT_OSM_NAMESPACE;
     this.name = options.name ?? DEFAULT_CA_BUNDLE_SECRET_NAME;
     this.labels = options.labels;
+    this.rotation = options.rotation;
   }
 
   describe(): string {
