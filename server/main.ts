@@ -24,6 +24,7 @@ import { DirectoryCaStore } from "./providers/tresor/directory-store.js";
 import { SecretCaStore } from "./providers/tresor/secret-store.js";
 import { type CaStore, TresorProvider } from "./providers/tresor/tresor.js";
 import { openVaultProvider } from "./providers/vault/config.js";
+import { followRenewOrders, renewOrderStore } from "./renew/follow-renew-orders.js";
 import { RequestGuard } from "./request-guard.js";
 import { ServingCertificate } from "./serving-certificate.js";
 import { SigningService } from "./signing-service.js";
@@ -285,6 +286,13 @@ export async function startServer(flags: ServerFlags, logger: Logger): Promise<R
     "grpc.enable_channelz": 0,
     interceptors: [guard.interceptor],
   });
+  // Operator renew-now orders (osm-cert renew), scoped per caller by the signing service.
+  const renewOrders = followRenewOrders({
+    store: renewOrderStore(flags["ca-dir"], kube, flags["osm-namespace"]),
+    provider,
+    logger,
+    metrics,
+  });
   const signing = new SigningService({
     provider,
     authenticator: new CallerAuthenticator(
@@ -308,6 +316,7 @@ export async function startServer(flags: ServerFlags, logger: Logger): Promise<R
     logger,
     metrics,
     agents,
+    renewOrders: renewOrders.book,
   });
   signing.register(server);
 
@@ -347,6 +356,7 @@ export async function startServer(flags: ServerFlags, logger: Logger): Promise<R
     async close() {
       ready = false;
       serving.stop();
+      renewOrders.stop();
       await stopLeading();
       // Watch streams never end by themselves; ending them lets tryShutdown finish at once.
       signing.close();
