@@ -16,7 +16,7 @@ import {
 import { describeScope } from "./renew-orders.js";
 
 /** How often a replica re-reads the orders whatever its watch says. */
-export const RENEW_ORDERS_POLL_MS = 2_000;
+export const RENEW_ORDERS_POLL_MS = 5_000;
 
 export function renewOrderStore(
   caDir: string | undefined,
