@@ -32,6 +32,10 @@ const COMMANDS: Readonly<
     summary: "rotate the mesh root with zero downtime (resumable phases)",
     run: async (argv) => (await import("./rotate-root.js")).rotateRootCommand(argv),
   },
+  renew: {
+    summary: "make agents renew now (--all | --namespace NS | --identity NS/SA), spread over --window",
+    run: async (argv) => (await import("./renew.js")).renewCommand(argv),
+  },
   demo: {
     summary: "the whole flow on one machine",
     run: async (argv) => (await import("./demo.js")).demoCommand(argv),

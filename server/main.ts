@@ -25,6 +25,7 @@ import { SecretRotationStore } from "./providers/tresor/secret-rotation-store.js
 import { SecretCaStore } from "./providers/tresor/secret-store.js";
 import { type CaStore, TresorProvider } from "./providers/tresor/tresor.js";
 import { openVaultProvider } from "./providers/vault/config.js";
+import { followRenewOrders, renewOrderStore } from "./renew/follow-renew-orders.js";
 import { RequestGuard } from "./request-guard.js";
 import { ServingCertificate } from "./serving-certificate.js";
 import { SigningLimits } from "./signing-limits.js";
@@ -293,6 +294,13 @@ export async function startServer(flags: ServerFlags, logger: Logger): Promise<R
     "grpc.enable_channelz": 0,
     interceptors: [guard.interceptor],
   });
+  // Operator renew-now orders (osm-cert renew), scoped per caller by the signing service.
+  const renewOrders = followRenewOrders({
+    store: renewOrderStore(flags["ca-dir"], kube, flags["osm-namespace"]),
+    provider,
+    logger,
+    metrics,
+  });
   const signing = new SigningService({
     provider,
     authenticator: new CallerAuthenticator(
@@ -322,6 +330,7 @@ export async function startServer(flags: ServerFlags, logger: Logger): Promise<R
       perIdentityBurst: flags["per-identity-signing-burst"],
       metrics,
     }),
+    renewOrders: renewOrders.book,
   });
   signing.register(server);
 
@@ -361,6 +370,7 @@ export async function startServer(flags: ServerFlags, logger: Logger): Promise<R
     async close() {
       ready = false;
       serving.stop();
+      renewOrders.stop();
       await stopLeading();
       // Watch streams never end by themselves; ending them lets tryShutdown finish at once.
       signing.close();

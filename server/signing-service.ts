@@ -3,7 +3,7 @@
 // refusal becomes a status code and a message a human can act on; nothing here can crash the process.
 
 import * as grpc from "@grpc/grpc-js";
-import { identityName } from "../common/identity.js";
+import { identityName, type ServiceIdentity } from "../common/identity.js";
 import { LogBudget } from "../common/log-budget.js";
 import type { Logger } from "../common/logger.js";
 import {
@@ -30,6 +30,8 @@ import type { AgentRegistry } from "./agent-registry.js";
 import type { CallerAuthenticator } from "./authn.js";
 import { decideServiceCertificate, type PolicyLimits } from "./policy.js";
 import { type CertificateProvider, ProviderError, type TrustBundle } from "./providers/provider.js";
+import type { RenewOrderSource } from "./renew/renew-order-book.js";
+import { matchesScope } from "./renew/renew-orders.js";
 import { retryAfter } from "./request-guard.js";
 import type { SigningLimits } from "./signing-limits.js";
 
@@ -43,6 +45,8 @@ export interface SigningServiceOptions {
   readonly agents?: AgentRegistry;
   /** Global in-flight cap and per-identity rate on CreateCertificate (signing-limits.ts). */
   readonly loadLimits?: SigningLimits;
+  /** Renew-now orders per caller (operator's scoped orders + the rotation's); else the provider's order. */
+  readonly renewOrders?: RenewOrderSource;
 }
 
 type Code = keyof typeof grpc.status;
@@ -258,7 +262,7 @@ export class SigningService {
     );
     return {
       certificate_chain: [...issued.chainPem],
-      trust_bundle: this.bundleMessage(provider.trustBundle()),
+      trust_bundle: this.bundleMessage(provider.trustBundle(), caller.identity),
       serial_number: issued.serialNumber,
       not_before: dateToTimestamp(issued.notBefore),
       not_after: dateToTimestamp(issued.notAfter),
@@ -276,9 +280,22 @@ export class SigningService {
       }
       if (call.cancelled) return;
       this.watchers.inc();
-      const { provider } = this.options;
-      call.write(this.bundleMessage(provider.trustBundle()));
-      const unsubscribe = provider.onTrustBundleChange((bundle) => call.write(this.bundleMessage(bundle)));
+      const { provider, renewOrders } = this.options;
+      const { identity } = authn.caller;
+      call.write(this.bundleMessage(provider.trustBundle(), identity));
+      const unsubscribeBundle = provider.onTrustBundleChange((bundle) =>
+        call.write(this.bundleMessage(bundle, identity)),
+      );
+      // A scoped renew-now order is written only on the streams of the identities it names.
+      const unsubscribeOrders = renewOrders?.onNewOrders((orders) => {
+        if (orders.some((order) => matchesScope(order.scope, identity))) {
+          call.write(this.bundleMessage(provider.trustBundle(), identity));
+        }
+      });
+      const unsubscribe = () => {
+        unsubscribeBundle();
+        unsubscribeOrders?.();
+      };
       this.openWatches.add(call);
       const leave = this.options.agents?.open(
         typeof call.request?.agent_id === "string" ? call.request.agent_id.slice(0, 64) : "",
@@ -332,8 +349,10 @@ export class SigningService {
     this.openWatches.clear();
   }
 
-  private bundleMessage(bundle: TrustBundle): TrustBundleMessage {
-    const renew = this.options.provider.renewOrder?.() ?? null;
+  private bundleMessage(bundle: TrustBundle, identity: ServiceIdentity): TrustBundleMessage {
+    const { renewOrders, provider } = this.options;
+    const renew =
+      renewOrders !== undefined ? renewOrders.orderFor(identity) : (provider.renewOrder?.() ?? null);
     return {
       trust_domain: this.options.limits.trustDomain,
       root_certificates: [...bundle.roots],

@@ -9,7 +9,7 @@ import type { CaMaterial } from "../server/providers/tresor/ca-material.js";
 import type { CaStore } from "../server/providers/tresor/tresor.js";
 
 export interface WaitingCaStoreOptions {
-  readonly store: Pick<CaStore, "describe" | "load">;
+  readonly store: Pick<CaStore, "describe" | "load" | "rotation">;
   readonly logger: Logger;
   readonly signal?: AbortSignal;
   readonly retryBaseMs?: number;
@@ -21,6 +21,11 @@ export class WaitingCaStore implements CaStore {
 
   describe(): string {
     return this.options.store.describe();
+  }
+
+  /** The root rotation state beside the root: the webhook follows it as the signing server does. */
+  get rotation(): CaStore["rotation"] {
+    return this.options.store.rotation;
   }
 
   /** Never null: waits (and retries API failures) until the root is there or the signal aborts. */

@@ -74,7 +74,7 @@ export const WEBHOOK_FLAGS = {
   },
   "serving-cert-validity": {
     kind: "duration",
-    help: "validity of the serving certificate, renewed at half its lifetime (Go duration)",
+    help: "validity of the serving certificate, renewed at two thirds of its lifetime and when the signing root changes (Go duration)",
     default: "24h",
     validate: (v) => {
       if (parseDuration(v) < 10_000) throw new Error(`"${v}" is shorter than 10s`);

@@ -133,7 +133,26 @@ export async function startWebhook(
       store: new WaitingCaStore({ store, logger, signal }),
       // Never used: the waiting store always returns the server's root, never asks for a new one.
       root: { keyAlgorithm: "ecdsa-p256", commonName: "unused", validityMs: 1 },
+      // Root rotation (issue 9): follow the rotation state as the signing server does: the caBundle
+      // keeper publishes old + new while both are trusted, the serving cert moves to the new root.
+      follow: true,
+      onRotation: (event) =>
+        event.kind === "switched"
+          ? logger.info(
+              {
+                event: "root.switched",
+                phase: event.phase,
+                bundleVersion: event.bundleVersion,
+                roots: event.roots,
+              },
+              "followed the root rotation state: new trust bundle and/or signing root",
+            )
+          : logger.error(
+              { event: "root.rotation_state_unusable", error: event.error },
+              "ignoring an unusable root rotation state; keeping the current roots",
+            ),
     });
+    stops.push(() => provider.close());
 
     const first = await issueServingCertificate(provider, names, flags["serving-cert-validity"]);
     certExpiry.set(expirySeconds(first.certPem));
@@ -163,6 +182,7 @@ export async function startWebhook(
       ...(hooks.renewFraction === undefined ? {} : { renewFraction: hooks.renewFraction }),
     });
     tasks.push(renewer.run(background.signal));
+    provider.onSigningRootChange(() => renewer.renewNow());
     if (kube !== null && flags["webhook-config-name"] !== "") {
       const keeper = new CaBundleKeeper({
         client: kube,

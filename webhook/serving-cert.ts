@@ -1,6 +1,8 @@
 // The webhook's serving certificate (DESIGN.md §3, kind "webhook"): CN <svc>.<ns>.svc, the two DNS
 // names the API server may dial, a new key each time, held in memory only. Short-lived and renewed
-// at half its lifetime, so a leaked key is worth little and nobody has to rotate it by hand.
+// at two thirds of its lifetime (a failed renewal then has a third left to retry), and at once when
+// the signing root changes (root rotation, issue 9), so a leaked key is worth little and nobody has
+// to rotate it by hand.
 
 import { X509Certificate } from "node:crypto";
 import { setTimeout as sleep } from "node:timers/promises";
@@ -59,7 +61,7 @@ export interface ServingCertRenewerOptions {
   readonly current: IssuedServingCertificate;
   readonly onRenewed: (next: IssuedServingCertificate) => void;
   readonly logger: Logger;
-  /** Fraction of the lifetime after which to renew (default 0.5). */
+  /** Fraction of the lifetime after which to renew (default 2/3). */
   readonly renewFraction?: number;
   readonly retryBaseMs?: number;
   readonly retryCapMs?: number;
@@ -68,26 +70,44 @@ export interface ServingCertRenewerOptions {
 // setTimeout holds at most a signed 32-bit delay; longer waits are taken in steps.
 const MAX_TIMER_MS = 2_147_483_647;
 
+export const RENEW_AT_FRACTION = 2 / 3;
+
 export class ServingCertRenewer {
   private current: IssuedServingCertificate;
+  private wake: (() => void) | null = null;
+  private renewSoon = false;
 
   constructor(private readonly options: ServingCertRenewerOptions) {
     this.current = options.current;
   }
 
+  /** Renew now, whatever the lifetime says (the signing root changed: move under the new one). */
+  renewNow(): void {
+    this.renewSoon = true;
+    this.wake?.();
+  }
+
   /** Renews until the signal aborts; a failed renewal keeps the current certificate and retries. */
   async run(signal: AbortSignal): Promise<void> {
     const { logger } = this.options;
-    const fraction = this.options.renewFraction ?? 0.5;
+    const fraction = this.options.renewFraction ?? RENEW_AT_FRACTION;
     try {
       for (;;) {
         const { issuedAt, notAfter } = this.current;
         const start = issuedAt.getTime();
         // At least a second later: a certificate cut short (by the root's own expiry) must not spin.
         const renewAt = Math.max(start + (notAfter.getTime() - start) * fraction, Date.now() + 1_000);
-        while (Date.now() < renewAt) {
-          await sleep(Math.min(renewAt - Date.now(), MAX_TIMER_MS), undefined, { signal });
+        while (Date.now() < renewAt && !this.renewSoon) {
+          const woken = new AbortController();
+          this.wake = () => woken.abort();
+          await sleep(Math.min(renewAt - Date.now(), MAX_TIMER_MS), undefined, {
+            signal: AbortSignal.any([signal, woken.signal]),
+          }).catch((error: unknown) => {
+            if (signal.aborted) throw error;
+          });
+          this.wake = null;
         }
+        this.renewSoon = false;
         for (let attempt = 0; ; attempt++) {
           try {
             this.current = await this.options.issue();

@@ -8,6 +8,7 @@ import { setTimeout as sleep } from "node:timers/promises";
 import { Agent, type Dispatcher } from "undici";
 import { parse as parseYaml } from "yaml";
 import type { Logger } from "../../common/logger.js";
+import { ExecCredentialError, ExecCredentialPlugin, ExecToken, parseExecConfig } from "./exec-credential.js";
 
 // ---------------------------------------------------------------------------------------------
 // API object shapes (only the fields osm-cert reads or writes; the server keeps the rest)
@@ -322,6 +323,8 @@ export interface KubeConfig {
   /** The name to verify on the server's certificate when it differs from the host. */
   readonly tlsServerName?: string;
   readonly clientCertificate?: { readonly certPem: string; readonly keyPem: string };
+  /** An exec plugin that answers with client certificates: asked again on expiry and after a 401. */
+  readonly clientCertificatePlugin?: ExecCredentialPlugin;
   readonly token?: TokenSource;
   /** The pod's namespace in-cluster, or the kubeconfig context's (default "default"). */
   readonly namespace: string;
@@ -418,10 +421,11 @@ export async function loadKubeconfig(path: string, options: KubeconfigOptions = 
 
   let token: TokenSource | undefined;
   let clientCertificate: KubeConfig["clientCertificate"];
+  let clientCertificatePlugin: ExecCredentialPlugin | undefined;
   if (userName) {
     const user = asRecord(namedEntry(root.users, userName, "user", where), `${where}: user`);
     const userWhere = `${where}: user "${userName}"`;
-    for (const unsupported of ["exec", "auth-provider", "username", "password", "as"]) {
+    for (const unsupported of ["auth-provider", "username", "password", "as"]) {
       if (user[unsupported] !== undefined) {
         throw new KubeConfigError(
           `${userWhere}: "${unsupported}" credentials are not supported; use a token, tokenFile or client certificate`,
@@ -441,6 +445,30 @@ export async function loadKubeconfig(path: string, options: KubeconfigOptions = 
       throw new KubeConfigError(`${userWhere}: client-certificate and client-key must be given together`);
     }
     if (certPem !== undefined && keyPem !== undefined) clientCertificate = { certPem, keyPem };
+    if (user.exec !== undefined) {
+      if (token !== undefined || clientCertificate !== undefined) {
+        throw new KubeConfigError(`${userWhere}: exec cannot be combined with a token or client certificate`);
+      }
+      try {
+        const plugin = new ExecCredentialPlugin(
+          parseExecConfig(user.exec, {
+            base,
+            where: userWhere,
+            cluster: { server, caPem, tlsServerName, config: execExtension(cluster.extensions) },
+          }),
+        );
+        // Run it now: a plugin that cannot answer fails the command at once, with its own words.
+        const first = await plugin.credential();
+        if (first.token !== undefined) token = new ExecToken(plugin);
+        if (first.clientCertificate !== undefined) {
+          clientCertificate = first.clientCertificate;
+          clientCertificatePlugin = plugin;
+        }
+      } catch (error) {
+        if (error instanceof ExecCredentialError) throw new KubeConfigError(error.message, { cause: error });
+        throw error;
+      }
+    }
   }
   const namespace = optionalString(context.namespace, `${where}: context namespace`) || "default";
   return {
@@ -448,10 +476,23 @@ export async function loadKubeconfig(path: string, options: KubeconfigOptions = 
     ...(caPem === undefined ? {} : { caPem }),
     ...(tlsServerName ? { tlsServerName } : {}),
     ...(clientCertificate ? { clientCertificate } : {}),
+    ...(clientCertificatePlugin ? { clientCertificatePlugin } : {}),
     ...(token ? { token } : {}),
     namespace,
     source: `${where} (context "${contextName}")`,
   };
+}
+
+/** A cluster's `extensions` entry named client.authentication.k8s.io/exec (spec.cluster.config). */
+function execExtension(extensions: unknown): unknown {
+  if (!Array.isArray(extensions)) return undefined;
+  const entry = extensions.find(
+    (e) =>
+      typeof e === "object" &&
+      e !== null &&
+      (e as { name?: unknown }).name === "client.authentication.k8s.io/exec",
+  ) as { extension?: unknown } | undefined;
+  return entry?.extension;
 }
 
 async function readText(path: string, what: string): Promise<string> {
@@ -638,7 +679,8 @@ const DEFAULT_REASON: Record<number, string> = {
 
 export class KubeClient {
   readonly config: KubeConfig;
-  private readonly agent: Agent;
+  private agent: Agent;
+  private clientCertificate: KubeConfig["clientCertificate"];
   private readonly origin: string;
   private readonly pathPrefix: string;
   private readonly retry: RetryPolicy;
@@ -655,17 +697,43 @@ export class KubeClient {
     this.timeoutMs = options.requestTimeoutMs ?? 30_000;
     this.logger = options.logger;
     this.userAgent = options.userAgent ?? "osm-cert";
-    const tls = options.config;
-    this.agent = new Agent({
+    this.clientCertificate = options.config.clientCertificate;
+    this.agent = this.makeAgent();
+  }
+
+  private makeAgent(): Agent {
+    const tls = this.config;
+    const certificate = this.clientCertificate;
+    return new Agent({
       connect: {
         ...(tls.caPem === undefined ? {} : { ca: tls.caPem }),
-        ...(tls.clientCertificate
-          ? { cert: tls.clientCertificate.certPem, key: tls.clientCertificate.keyPem }
-          : {}),
+        ...(certificate ? { cert: certificate.certPem, key: certificate.keyPem } : {}),
         ...(tls.tlsServerName ? { servername: tls.tlsServerName } : {}),
         timeout: 10_000,
       },
     });
+  }
+
+  /**
+   * With an exec plugin that answers with certificates: take its current (or, `fresh`, a newly
+   * fetched) certificate; a changed one gets new connections. Returns whether it changed.
+   */
+  private async syncClientCertificate(fresh: boolean): Promise<boolean> {
+    const plugin = this.config.clientCertificatePlugin;
+    if (plugin === undefined) return false;
+    const credential = fresh ? await plugin.refresh() : await plugin.credential();
+    const next = credential.clientCertificate;
+    if (next === undefined || next.certPem === this.clientCertificate?.certPem) return false;
+    this.clientCertificate = next;
+    const old = this.agent;
+    this.agent = this.makeAgent();
+    // Requests in flight (a watch) finish on the old connections; nothing new goes there.
+    void old.close().catch(() => undefined);
+    this.logger?.info(
+      { event: "kube_client_certificate_reloaded", source: plugin.describe() },
+      "client certificate rotated",
+    );
+    return true;
   }
 
   async get<T extends KubeObject>(type: ResourceType<T>, name: string, options: ObjectRef = {}): Promise<T> {
@@ -930,6 +998,7 @@ export class KubeClient {
     for (let attempt = 1; ; attempt++) {
       spec.signal?.throwIfAborted();
       token = this.config.token === undefined ? undefined : await this.config.token.current();
+      await this.syncClientCertificate(false);
       const headers: Record<string, string> = { accept: "application/json", "user-agent": this.userAgent };
       if (token !== undefined) headers.authorization = `Bearer ${token}`;
       if (body !== undefined) headers["content-type"] = spec.contentType ?? "application/json";
@@ -970,6 +1039,13 @@ export class KubeClient {
       if (status === 404 && spec.verb === "delete" && maybeApplied) return { value: undefined };
       const statusObject = parseStatus(text);
       const error = this.apiError(spec, status, statusObject, responseHeaders, text);
+      if (status === 401 && !reauthenticated && this.config.clientCertificatePlugin !== undefined) {
+        reauthenticated = true;
+        if (await this.syncClientCertificate(true)) {
+          attempt--;
+          continue;
+        }
+      }
       if (status === 401 && !reauthenticated && this.config.token !== undefined) {
         reauthenticated = true;
         const fresh = await this.config.token.refresh();
