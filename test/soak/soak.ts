@@ -182,7 +182,9 @@ if (stale > 0) broken.push(`${stale} SDS clients hold no valid certificate at th
 for (const [i, e] of envoys.entries()) {
   if (e.current !== undefined && e.current.notAfter > now) continue;
   const last = (agentOf[i] as Tracked).proc.lines.filter((l) => (l.level ?? 0) >= 40).at(-1);
-  log(`agent ${i}: holds ${e.current?.serial ?? "nothing"} (notAfter ${new Date(e.current?.notAfter ?? 0).toISOString()}); last warning: ${JSON.stringify(last)}`);
+  log(
+    `agent ${i}: holds ${e.current?.serial ?? "nothing"} (notAfter ${new Date(e.current?.notAfter ?? 0).toISOString()}); last warning: ${JSON.stringify(last)}`,
+  );
 }
 const gaps = envoys.reduce((n, e) => n + e.gaps, 0);
 const invalid = envoys.reduce((n, e) => n + e.invalidServed, 0);
