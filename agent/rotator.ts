@@ -25,6 +25,8 @@ export interface CertificateSigner {
     validityMs: number,
     timeoutMs: number,
   ): Promise<CreateCertificateResponse>;
+  /** Opens a new connection, so the next call's TLS handshake presents the identity now set. */
+  renewConnection?(): void;
 }
 
 export interface RotatorOptions {
@@ -144,6 +146,7 @@ export class Rotator {
     this.obtainedAt = new Date();
     if (this.options.bootstrap !== null) {
       this.options.tls.setIdentity(certificate.certChainPem, certificate.privateKeyPem);
+      this.options.signer.renewConnection?.();
       this.usingServiceCert = true;
     }
     return certificate;
@@ -245,6 +248,7 @@ export class Rotator {
       this.options.cache.validCertificate() === null
     ) {
       this.options.tls.setIdentity(this.options.bootstrap.certPem, this.options.bootstrap.keyPem);
+      this.options.signer.renewConnection?.();
       this.usingServiceCert = false;
     }
   }

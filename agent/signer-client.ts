@@ -50,7 +50,8 @@ export interface SignerClientOptions {
 type GenericClient = grpc.Client & Record<string, (...args: unknown[]) => unknown>;
 
 export class SignerClient {
-  private readonly client: GenericClient;
+  private client: GenericClient;
+  private readonly connect: () => GenericClient;
   /** Random per process: ties this agent's bundle reports to its watch stream on the server. */
   readonly agentId = randomUUID();
 
@@ -74,12 +75,29 @@ export class SignerClient {
         }),
       );
     }
-    this.client = new Constructor(options.target, credentials, {
-      "grpc.keepalive_time_ms": 60_000,
-      // Reconnect quickly after a server restart; the rotator adds its own backoff on top.
-      "grpc.initial_reconnect_backoff_ms": 500,
-      "grpc.max_reconnect_backoff_ms": 10_000,
-    }) as GenericClient;
+    this.connect = () =>
+      new Constructor(options.target, credentials, {
+        "grpc.keepalive_time_ms": 60_000,
+        // Reconnect quickly after a server restart; the rotator adds its own backoff on top.
+        "grpc.initial_reconnect_backoff_ms": 500,
+        "grpc.max_reconnect_backoff_ms": 10_000,
+        // A connection of our own, never one shared with an earlier channel (see renewConnection).
+        "grpc.use_local_subchannel_pool": 1,
+      }) as GenericClient;
+    this.client = this.connect();
+  }
+
+  /**
+   * Calls from now on go over a new connection. A TLS connection keeps the client certificate of
+   * its handshake: without this, renewals after a reconnect kept presenting the service certificate
+   * the connection was opened with and were refused once it expired ("client certificate expired"),
+   * until the connection happened to drop. Calls in flight (the trust bundle watch) finish on the
+   * old connection, which closes when they end.
+   */
+  renewConnection(): void {
+    const old = this.client;
+    this.client = this.connect();
+    old.close();
   }
 
   createCertificate(
