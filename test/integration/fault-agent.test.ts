@@ -184,3 +184,55 @@ test("agent SIGKILLed and restarted under open SDS streams: Envoy reconnects and
     await server.stop("SIGKILL");
   }
 });
+
+test("renewals keep working after the agent reconnected with a service certificate that has since expired", async (t) => {
+  // A connection keeps the client certificate of its TLS handshake. After a reconnect the agent
+  // presents its current service certificate; a later renewal over the same connection must not
+  // present that one once it has expired.
+  const started = await startServerProcess(caDir);
+  let server = started.server;
+  const socket = join(dir.path, "reconnect.sock");
+  const agent = startBootstrapAgent({
+    server: started.address,
+    bootstrapDir: bootDir,
+    namespace: "bookstore",
+    serviceAccount: "bookstore-v2",
+    socket,
+    name: "agent",
+    extra: ["--cert-validity", "6s"],
+  });
+  let envoy: CheckingEnvoy | undefined;
+  try {
+    await agent.waitForEvent("agent.started");
+    envoy = new CheckingEnvoy({ socket });
+    const first = Date.now() + 15_000;
+    while (envoy.current === undefined && Date.now() < first) await sleep(50);
+    server.child.kill("SIGKILL");
+    await server.exited;
+    server = startCli("server again", [
+      "server",
+      "--ca-dir",
+      caDir,
+      "--listen",
+      started.address,
+      "--admin-listen",
+      "127.0.0.1:0",
+    ]);
+    await server.waitForEvent("server.started");
+    const back = Date.now();
+    // Four lifetimes of renewals after the reconnect.
+    await sleep(24_000);
+    const after = new Set(envoy.held.filter((h) => h.receivedAt > back).map((h) => h.serial));
+    const refused = agent.lines.filter(
+      (l) => l.event === "certificate.request_failed" && l.status === "UNAUTHENTICATED",
+    );
+    t.diagnostic(`${after.size} certificates after the reconnect; ${refused.length} renewals refused`);
+    assert.deepEqual(envoy.violations, []);
+    assert.equal(refused.length, 0, String(refused[0]?.error));
+    assert.ok(after.size >= 5, `only ${after.size} renewals in 24 s of 6 s certificates`);
+  } finally {
+    await envoy?.close();
+    await agent.stop("SIGKILL");
+    await server.stop("SIGKILL");
+  }
+});
