@@ -196,7 +196,19 @@ const serialsSeen = envoys.reduce((n, e) => n + new Set(e.held.map((h) => h.seri
 if (gaps > 0) broken.push(`${gaps} gaps seen by SDS clients`);
 if (invalid > 0) broken.push(`${invalid} expired or not-yet-valid certificates served`);
 for (const v of otherViolations.slice(0, 10)) broken.push(v);
-for (const e of envoys) for (const v of e.violations.slice(0, 2)) log(`violation: ${v}`);
+for (const [i, e] of envoys.entries()) {
+  if (e.violations.length === 0) continue;
+  for (const v of e.violations.slice(0, 2)) log(`agent ${i} violation: ${v}`);
+  // What the agent was doing: its warnings, to tell a server outage from an agent stuck.
+  const warnings = processes
+    .filter((p) => p.name.startsWith(`agent ${i}.`))
+    .flatMap((p) => p.proc.lines.filter((l) => (l.level ?? 0) >= 40));
+  for (const w of warnings.slice(-6)) {
+    log(
+      `  agent ${i} ${new Date(Number(w.time)).toISOString()} ${w.event} ${w.status ?? ""} ${w.error ?? w.msg}`,
+    );
+  }
+}
 
 const live = processes.filter((p) => !p.stoppedByUs);
 for (const p of live) p.endRssMb = rssMb(p.proc.child.pid);
