@@ -146,13 +146,15 @@ export class Rotator {
         );
       }
     }
-    this.options.cache.setCertificate(certificate);
-    this.obtainedAt = new Date();
+    // The new identity and connection first: publishing the certificate starts the trust bundle
+    // watch on the first one, which must not go out on the connection about to be replaced.
     if (this.options.bootstrap !== null) {
       this.options.tls.setIdentity(certificate.certChainPem, certificate.privateKeyPem);
       this.options.signer.useCurrentIdentity?.();
       this.usingServiceCert = true;
     }
+    this.options.cache.setCertificate(certificate);
+    this.obtainedAt = new Date();
     return certificate;
   }
 

@@ -22,10 +22,11 @@ export async function writeFileAtomic(path: string, data: string, mode: number):
     throw new UnsafePathError(`${path} exists and is not a regular file`);
   }
   const temp = `${path}.tmp-${process.pid}-${randomBytes(4).toString("hex")}`;
-  await writeFile(temp, data, { mode, flag: "wx" });
   try {
+    await writeFile(temp, data, { mode, flag: "wx" });
     await rename(temp, path);
   } catch (error) {
+    // A full disk leaves a partial temporary file: never leave it behind. The target is untouched.
     await unlink(temp).catch(() => {});
     throw error;
   }

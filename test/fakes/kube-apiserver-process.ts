@@ -48,6 +48,20 @@ const control = createServer((req, res) => {
         fake.failNext(Number(input.count ?? 1), {
           status: Number(input.status ?? 503),
           match: (input.match as FaultMatch | undefined) ?? {},
+          ...(input.retryAfterSeconds === undefined
+            ? {}
+            : { retryAfterSeconds: Number(input.retryAfterSeconds) }),
+          ...(input.message === undefined ? {} : { message: String(input.message) }),
+        });
+        return reply(200, {});
+      case "POST /latency":
+        // Every request waits this long before it is answered (an overloaded or partitioned API server).
+        fake.latencyMs = Number(input.ms ?? 0);
+        return reply(200, {});
+      case "POST /disconnect":
+        fake.disconnectNext(Number(input.count ?? 1), {
+          match: (input.match as FaultMatch | undefined) ?? {},
+          afterWrite: input.afterWrite === true,
         });
         return reply(200, {});
       case "POST /seed":

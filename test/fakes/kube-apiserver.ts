@@ -1144,7 +1144,10 @@ export class FakeKubeApiServer {
 
   // ----- faults -----------------------------------------------------------------------------
 
-  /** The next `count` matching requests get `status` (500, 503, 429, 504…) instead of an answer. */
+  /**
+   * The next `count` matching requests get `status` (500, 503, 429, 504…) instead of an answer; 409
+   * answers AlreadyExists to a create and Conflict to anything else, with nothing written.
+   */
   failNext(
     count: number,
     options: { status: number; retryAfterSeconds?: number; message?: string; match?: FaultMatch },
@@ -2050,6 +2053,21 @@ export class FakeKubeApiServer {
           fault.message ?? "the server is currently unable to handle the request",
         );
         break;
+      case 409: {
+        // What a lost write looks like from the client: the object is there (or moved on) after all.
+        const route = ctx.route as Route;
+        const name = route.name ?? fault.match.name ?? "";
+        body =
+          route.verb === "create"
+            ? alreadyExists(route.resource, name)
+            : conflict(
+                route.resource,
+                name,
+                fault.message ??
+                  "the object has been modified; please apply your changes to the latest version and try again",
+              );
+        break;
+      }
       case 504:
         body = failure(
           504,

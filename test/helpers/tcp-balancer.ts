@@ -1,65 +1,84 @@
-// A Kubernetes Service in miniature for tests with several server replicas: each new TCP connection
-// goes to the next backend in turn, skipping one that refuses, and bytes are piped untouched (TLS
-// ends at the replica, as behind a ClusterIP). A replica that dies takes its connections with it;
-// clients reconnect and land on a live one.
+// A small TCP balancer for tests, as a Kubernetes Service spreads connections over replicas: each
+// new connection goes to the next backend in turn; when that backend refuses the connection (its
+// process is gone), the next one is tried, as a client's reconnect would land on a live endpoint.
+// Bytes are piped untouched, so TLS runs end to end between client and replica.
 
-import { connect, createServer, type Server, type Socket } from "node:net";
+import { createConnection, createServer, type Server, type Socket } from "node:net";
 
 export class TcpBalancer {
-  private readonly server: Server;
-  private readonly sockets = new Set<Socket>();
   private next = 0;
-  port = 0;
+  private readonly sockets = new Set<Socket>();
+  /** Connections opened per backend index. */
+  readonly connections: number[];
 
-  constructor(private readonly backends: readonly string[]) {
-    this.server = createServer((client) => this.accept(client));
+  private constructor(
+    private readonly server: Server,
+    readonly backends: string[],
+  ) {
+    this.connections = backends.map(() => 0);
+  }
+
+  static async start(backends: readonly string[]): Promise<TcpBalancer> {
+    const server = createServer();
+    const balancer = new TcpBalancer(server, [...backends]);
+    server.on("connection", (client) => balancer.accept(client));
+    await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
+    return balancer;
   }
 
   get address(): string {
-    return `127.0.0.1:${this.port}`;
+    const address = this.server.address();
+    if (address === null || typeof address === "string") throw new Error("balancer not listening");
+    return `127.0.0.1:${address.port}`;
   }
 
-  async listen(): Promise<void> {
-    await new Promise<void>((resolve) => this.server.listen(0, "127.0.0.1", resolve));
-    this.port = (this.server.address() as { port: number }).port;
+  /** Points backend `index` at a new address (a replica restarted on another port). */
+  replace(index: number, backend: string): void {
+    this.backends[index] = backend;
   }
 
   async close(): Promise<void> {
     for (const socket of this.sockets) socket.destroy();
-    await new Promise((resolve) => this.server.close(resolve));
-  }
-
-  private track(socket: Socket): void {
-    this.sockets.add(socket);
-    socket.on("close", () => this.sockets.delete(socket));
+    await new Promise<void>((resolve) => this.server.close(() => resolve()));
   }
 
   private accept(client: Socket): void {
     this.track(client);
     client.pause();
-    client.on("error", () => {});
-    const start = this.next++ % this.backends.length;
+    const first = this.next++ % this.backends.length;
     const attempt = (tried: number) => {
       if (tried >= this.backends.length || client.destroyed) {
         client.destroy();
         return;
       }
-      const [host, port] = (this.backends[(start + tried) % this.backends.length] as string).split(":");
-      const upstream = connect({ host, port: Number(port) });
-      let connected = false;
+      const index = (first + tried) % this.backends.length;
+      const [host, port] = splitHostPort(this.backends[index] as string);
+      const upstream = createConnection({ host, port });
+      const refused = () => attempt(tried + 1);
+      upstream.once("error", refused);
       upstream.once("connect", () => {
-        connected = true;
+        upstream.off("error", refused);
+        this.connections[index] = (this.connections[index] ?? 0) + 1;
         this.track(upstream);
+        upstream.on("error", () => client.destroy());
+        client.on("error", () => upstream.destroy());
+        upstream.on("close", () => client.destroy());
+        client.on("close", () => upstream.destroy());
         client.pipe(upstream);
         upstream.pipe(client);
         client.resume();
-        client.on("close", () => upstream.destroy());
-        upstream.on("close", () => client.destroy());
-      });
-      upstream.on("error", () => {
-        if (!connected) attempt(tried + 1);
       });
     };
     attempt(0);
   }
+
+  private track(socket: Socket): void {
+    this.sockets.add(socket);
+    socket.once("close", () => this.sockets.delete(socket));
+  }
+}
+
+function splitHostPort(address: string): [string, number] {
+  const colon = address.lastIndexOf(":");
+  return [address.slice(0, colon), Number(address.slice(colon + 1))];
 }

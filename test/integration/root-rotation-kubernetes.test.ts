@@ -141,8 +141,7 @@ describe("root rotation under continuous mTLS traffic (Kubernetes mode, two repl
       await startReplica(replica);
       replicas.push(replica);
     }
-    balancer = new TcpBalancer(replicas.map((r) => r.address));
-    await balancer.listen();
+    balancer = await TcpBalancer.start(replicas.map((r) => r.address));
     const caCert = Buffer.from((await secret("osm-ca-bundle"))?.data["ca.crt"] ?? "", "base64").toString();
     firstRoot = fingerprints(caCert)[0] as string;
     await writeFile(join(dir.path, "root.pem"), caCert);

@@ -39,13 +39,22 @@ export interface LoadedCa {
   readonly privateKey: KeyObject;
 }
 
+/**
+ * Roots and leaves start this long before "now", so hosts whose clocks lag the server's by up to this
+ * much still accept them (Kubernetes' own CSR signer backdates 5 minutes). Ten minutes covers the
+ * ±5 minutes promised with margin; 30 s was too little: an agent 5 minutes behind refused a fresh
+ * root, the server's serving certificate and its own certificate as "not yet valid" and never became
+ * ready (test/integration/fault-replicas.test.ts).
+ */
+export const CLOCK_SKEW_ALLOWANCE_MS = 10 * 60_000;
+
 export async function generateRoot(options: RootOptions, now = new Date()): Promise<CaMaterial> {
   const { privateKey, publicKey } = await generateKeyPair(options.keyAlgorithm);
   const spki = publicKey.export({ type: "spki", format: "der" });
   const name = encodeName({ commonName: options.commonName, organization: options.organization });
   const keyId = keyIdentifier(spki);
-  // Backdated like leaves, so a freshly made root is valid on hosts whose clocks run a little slow.
-  const notBefore = new Date(now.getTime() - 60_000);
+  // Backdated like leaves, so a freshly made root is valid on hosts whose clocks run slow.
+  const notBefore = new Date(now.getTime() - CLOCK_SKEW_ALLOWANCE_MS);
   const notAfter = new Date(now.getTime() + options.validityMs);
   const der = buildCertificate(
     {

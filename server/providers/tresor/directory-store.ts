@@ -50,17 +50,25 @@ export class DirectoryCaStore {
   async createIfAbsent(material: CaMaterial): Promise<CaMaterial> {
     await mkdir(this.directory, { recursive: true, mode: 0o700 });
     const suffix = `.tmp-${process.pid}-${randomBytes(4).toString("hex")}`;
+    const published: string[] = [];
     for (const [index, field] of PUBLISH_ORDER.entries()) {
       const target = join(this.directory, FILES[field]);
       const temp = target + suffix;
-      await writeFile(temp, material[field], { mode: field === "privateKey" ? 0o600 : 0o644, flag: "wx" });
       try {
+        await writeFile(temp, material[field], { mode: field === "privateKey" ? 0o600 : 0o644, flag: "wx" });
         await link(temp, target);
+        published.push(target);
       } catch (error) {
-        if ((error as NodeJS.ErrnoException).code !== "EEXIST" || index > 0) throw error;
-        return this.awaitWinner();
+        if ((error as NodeJS.ErrnoException).code === "EEXIST" && index === 0) return this.awaitWinner();
+        // A full disk, a file-size limit, a read-only mount: take back our half-published set, so
+        // the next start finds an empty directory instead of an "incomplete CA" it must refuse.
+        for (const file of published.reverse()) await unlink(file).catch(() => {});
+        throw new CaMaterialError(
+          `${this.describe()}: could not write ${FILES[field]}: ${(error as Error).message} ` +
+            "(disk full, read-only or over a file-size limit?); nothing was kept; fix it and try again",
+        );
       } finally {
-        await unlink(temp);
+        await unlink(temp).catch(() => {});
       }
     }
     return material;
@@ -72,6 +80,11 @@ export class DirectoryCaStore {
       try {
         const loaded = await this.load();
         if (loaded !== null) return loaded;
+        if (Date.now() >= deadline) {
+          throw new CaMaterialError(
+            `${this.describe()}: another process claimed the CA and then withdrew it; start again`,
+          );
+        }
       } catch (error) {
         if (Date.now() >= deadline) throw error;
       }

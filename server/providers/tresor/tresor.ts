@@ -23,7 +23,14 @@ import type {
   RenewOrder,
   TrustBundle,
 } from "../provider.js";
-import { type CaMaterial, generateRoot, type LoadedCa, loadCa, type RootOptions } from "./ca-material.js";
+import {
+  type CaMaterial,
+  CLOCK_SKEW_ALLOWANCE_MS,
+  generateRoot,
+  type LoadedCa,
+  loadCa,
+  type RootOptions,
+} from "./ca-material.js";
 import { fingerprintOf, type RotationState } from "./rotation-state.js";
 import type { RotationStore } from "./rotation-store.js";
 
@@ -36,8 +43,7 @@ export interface CaStore {
   readonly rotation?: RotationStore;
 }
 
-/** Leaves start this long before "now", so peers whose clocks lag a little still accept them. */
-export const CLOCK_SKEW_ALLOWANCE_MS = 30_000;
+export { CLOCK_SKEW_ALLOWANCE_MS };
 
 /** A following provider re-reads the rotation state at least this often, whatever the watcher says. */
 export const ROTATION_POLL_MS = 10_000;
