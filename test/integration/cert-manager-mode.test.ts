@@ -160,10 +160,18 @@ describe("cert-manager mode: server, agents and the fake's signer as processes",
       path: string;
     }[];
     const crCalls = requests.filter((r) => r.resource === "certificaterequests");
-    assert.ok(
-      crCalls.some((r) => r.verb === "watch" && /fieldSelector=metadata\.name/.test(r.path)),
-      "followed by watch",
+    // One label-selected watch for the replica (its own requests: managed-by and its instance), no
+    // watch per request, and nothing polls.
+    const watches = crCalls.filter((r) => r.verb === "watch");
+    assert.equal(watches.length, 1, JSON.stringify(watches));
+    const query = new URL(`https://x${watches[0]?.path}`).searchParams;
+    assert.equal(
+      query.get("labelSelector"),
+      `app.kubernetes.io/managed-by=osm-cert,osm-cert.io/instance=${hostname()}`,
     );
+    assert.equal(query.get("allowWatchBookmarks"), "true");
+    assert.ok(query.get("resourceVersion"), "from the list's resourceVersion");
+    assert.equal(query.get("fieldSelector"), null);
     assert.equal(crCalls.filter((r) => r.verb === "get").length, 0, "no polling");
   });
 
@@ -531,7 +539,7 @@ describe("cert-manager mode: refusals at start-up and under load", () => {
           "RESOURCE_EXHAUSTED",
         ]);
         for (const r of results.filter((x) => x.status === "RESOURCE_EXHAUSTED")) {
-          assert.match(r.details, /retry in a few seconds/);
+          assert.match(r.details, /retry in \d+(\.\d)?s/);
         }
       } finally {
         for (const c of clients) c.close();

@@ -1,8 +1,24 @@
 // A bound on CertificateRequests in flight, so a pod storm becomes a queue in this process instead
-// of thousands of objects and watches on the API server. Excess callers wait in a bounded queue
-// for a bounded time; beyond either bound they get RESOURCE_EXHAUSTED with a retry hint at once.
+// of thousands of objects on the API server. Excess callers wait in a bounded queue for a bounded
+// time; beyond either bound they get RESOURCE_EXHAUSTED with a retry hint: when the queue ahead of
+// them should have drained, from how long a slot has recently been held.
 
 import { ProviderError } from "../provider.js";
+
+/** RESOURCE_EXHAUSTED with when to come back (for grpc-retry-pushback-ms; the message says it too). */
+export class ExhaustedError extends ProviderError {
+  constructor(
+    message: string,
+    readonly retryAfterMs: number,
+  ) {
+    super("exhausted", message);
+  }
+}
+
+const MIN_RETRY_MS = 1_000;
+const MAX_RETRY_MS = 30_000;
+/** Assumed slot time before any request finished (a CertificateRequest's usual round trip). */
+const INITIAL_HOLD_MS = 200;
 
 export interface InFlightLimits {
   readonly maxInFlight: number;
@@ -24,6 +40,8 @@ const leave = (queue: Waiter[], waiter: Waiter): void => {
 export class InFlightLimiter {
   private active = 0;
   private readonly queue: Waiter[] = [];
+  /** Moving average of how long a slot is held. */
+  private holdMs = INITIAL_HOLD_MS;
 
   constructor(private readonly limits: InFlightLimits) {}
 
@@ -43,9 +61,10 @@ export class InFlightLimiter {
       return this.releaser();
     }
     if (this.queue.length >= maxQueued) {
-      throw new ProviderError(
-        "exhausted",
-        `${this.active} CertificateRequests in flight and ${this.queue.length} waiting (the limits); retry in a few seconds`,
+      const retryMs = this.retryAfterMs();
+      throw new ExhaustedError(
+        `${this.active} CertificateRequests in flight and ${this.queue.length} waiting (the limits); retry in ${seconds(retryMs)}`,
+        retryMs,
       );
     }
     return new Promise((resolve, reject) => {
@@ -63,10 +82,11 @@ export class InFlightLimiter {
         timer: setTimeout(() => {
           signal?.removeEventListener("abort", onAbort);
           leave(this.queue, waiter);
+          const retryMs = this.retryAfterMs();
           reject(
-            new ProviderError(
-              "exhausted",
-              `waited ${Math.round(maxWaitMs / 1000)}s behind ${this.active} CertificateRequests in flight; retry in a few seconds`,
+            new ExhaustedError(
+              `waited ${seconds(maxWaitMs)} behind ${this.active} CertificateRequests in flight and ${this.queue.length} more waiting; retry in ${seconds(retryMs)}`,
+              retryMs,
             ),
           );
         }, maxWaitMs),
@@ -76,11 +96,19 @@ export class InFlightLimiter {
     });
   }
 
+  /** When the queue as it is now should have drained, within [1 s, 30 s]. */
+  retryAfterMs(): number {
+    const drainMs = ((this.queue.length + 1) * this.holdMs) / this.limits.maxInFlight;
+    return Math.min(MAX_RETRY_MS, Math.max(MIN_RETRY_MS, Math.ceil(drainMs / 100) * 100));
+  }
+
   private releaser(): () => void {
     let released = false;
+    const since = Date.now();
     return () => {
       if (released) return;
       released = true;
+      this.holdMs += (Date.now() - since - this.holdMs) / 8;
       const next = this.queue.shift();
       // The slot passes straight to the next waiter: `active` stays the same.
       if (next) next.grant();
@@ -88,3 +116,5 @@ export class InFlightLimiter {
     };
   }
 }
+
+const seconds = (ms: number): string => `${Math.round(ms / 100) / 10}s`;
