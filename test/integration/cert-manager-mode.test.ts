@@ -375,9 +375,11 @@ describe("cert-manager mode: server, agents and the fake's signer as processes",
     }
   });
 
-  test(`500 CSRs at once, each with its own identity and token over 50 connections: all signed, never more than ${MAX_IN_FLIGHT} requests in flight`, async () => {
+  // Token-authenticated identities sharing connections (the 500-agent storm with bootstrap
+  // certificates and agent processes is cert-manager-storm.test.ts).
+  test(`100 CSRs at once, each with its own identity and token over 50 connections: all signed, never more than ${MAX_IN_FLIGHT} requests in flight`, async () => {
     await fake.behave({ mode: "approve", latencyMs: 5 });
-    const n = Number(process.env.STORM_N ?? 500);
+    const n = Number(process.env.TOKEN_STORM_N ?? 100);
     const tokens = await Promise.all(Array.from({ length: n }, (_, i) => fake.token("storm", `sa-${i}`)));
     const csrs = await Promise.all(Array.from({ length: n }, (_, i) => csrFor(`sa-${i}`, "storm")));
     const before = await fake.stats();
@@ -409,12 +411,13 @@ describe("cert-manager mode: server, agents and the fake's signer as processes",
     }
     const elapsed = Date.now() - started;
     const stats = await fake.stats();
-    assert.equal(stats.created - before.created, n);
+    // A CSR retried after DEADLINE_EXCEEDED (a loaded machine) makes a new request; each was deleted.
+    assert.ok(stats.created - before.created >= n, `${stats.created - before.created} requests`);
     assert.ok(stats.maxLive <= MAX_IN_FLIGHT + 1, `max live ${stats.maxLive}`); // +1: "not-ours"
     assert.ok(stats.maxLive >= 3, `the bound was used (max live ${stats.maxLive})`);
     assert.deepEqual(await ours(), []);
     process.stdout.write(
-      `# ${n} CSRs through CertificateRequests in ${elapsed} ms, retries ${JSON.stringify(retries)}, max live ${stats.maxLive}\n`,
+      `# ${n} CSRs through ${stats.created - before.created} CertificateRequests in ${elapsed} ms, retries ${JSON.stringify(retries)}, max live ${stats.maxLive}\n`,
     );
     await fake.call("POST", "/cert-manager/reset", {});
   });

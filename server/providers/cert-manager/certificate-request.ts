@@ -45,6 +45,9 @@ export interface RunOptions {
   readonly onDeleteFailed?: (name: string, error: unknown) => void;
 }
 
+/** A create that has not answered by then has failed; as the API server's own request timeout. */
+const CREATE_TIMEOUT_MS = 30_000;
+
 const describe = (c: Condition | undefined): string =>
   c === undefined
     ? "none"
@@ -107,15 +110,16 @@ export async function runCertificateRequest(options: RunOptions): Promise<Reques
   const { client, namespace, deadlineMs, preserve } = options;
   const deadline = AbortSignal.timeout(deadlineMs);
   const signal = options.signal ? AbortSignal.any([deadline, options.signal]) : deadline;
-  let created: CertificateRequest;
-  try {
-    created = await client.create(CERTIFICATE_REQUESTS, options.object, { namespace, signal });
-  } catch (error) {
-    if (signal.aborted) throw timeout(null, deadlineMs, "could not create the CertificateRequest", null);
-    throw error;
-  }
+  // The create is not cut off at the deadline: one that reached the API server would leave a
+  // request nobody deletes (and that the in-flight bound no longer counts). It gets its own
+  // limit; a deadline that passed meanwhile is reported once the request is deleted again.
+  const created = await client.create(CERTIFICATE_REQUESTS, options.object, {
+    namespace,
+    signal: AbortSignal.timeout(CREATE_TIMEOUT_MS),
+  });
   const name = created.metadata?.name as string;
   try {
+    if (signal.aborted) throw timeout(created, deadlineMs, name, null);
     return await follow(options.watch, created, name, signal, deadlineMs);
   } finally {
     if (!preserve) {
@@ -180,13 +184,12 @@ function follow(
 }
 
 function timeout(
-  current: CertificateRequest | null,
+  current: CertificateRequest,
   deadlineMs: number,
   name: string,
   watchProblem: string | null,
 ): ProviderError {
   const seconds = Math.round(deadlineMs / 100) / 10;
-  if (current === null) return new ProviderError("deadline", `cert-manager: ${name} within ${seconds}s`);
   if (watchProblem !== null) {
     return new ProviderError(
       "deadline",
