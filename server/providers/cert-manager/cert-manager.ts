@@ -129,13 +129,15 @@ export class CertManagerProvider implements CertificateProvider {
   async issue(request: IssueRequest): Promise<IssuedCertificate> {
     const { client, namespace, issuer, logger, preserveRequests, requestTimeoutMs } = this.options;
     const started = Date.now();
-    const release = await this.limiter.acquire(request.signal).catch((error: unknown) => {
-      logger.warn(
-        { event: "cert_manager.exhausted", identity: request.commonName, error: (error as Error).message },
-        "cert-manager request refused by the in-flight bound",
-      );
-      throw error;
-    });
+    const release = await this.limiter
+      .acquire(request.signal, request.profile === "server")
+      .catch((error: unknown) => {
+        logger.warn(
+          { event: "cert_manager.exhausted", identity: request.commonName, error: (error as Error).message },
+          "cert-manager request refused by the in-flight bound",
+        );
+        throw error;
+      });
     try {
       const outcome = await runCertificateRequest({
         client,

@@ -53,14 +53,18 @@ export class InFlightLimiter {
     return this.queue.length;
   }
 
-  /** Resolves with the release function once a slot is ours; an aborted caller leaves the queue. */
-  async acquire(signal?: AbortSignal): Promise<() => void> {
+  /**
+   * Resolves with the release function once a slot is ours; an aborted caller leaves the queue.
+   * `urgent` (the server's own serving certificate: a storm must not let it expire) goes to the
+   * front of the queue and is never refused for the queue's size.
+   */
+  async acquire(signal?: AbortSignal, urgent = false): Promise<() => void> {
     const { maxInFlight, maxQueued, maxWaitMs } = this.limits;
     if (this.active < maxInFlight) {
       this.active++;
       return this.releaser();
     }
-    if (this.queue.length >= maxQueued) {
+    if (!urgent && this.queue.length >= maxQueued) {
       const retryMs = this.retryAfterMs();
       throw new ExhaustedError(
         `${this.active} CertificateRequests in flight and ${this.queue.length} waiting (the limits); retry in ${seconds(retryMs)}`,
@@ -92,7 +96,8 @@ export class InFlightLimiter {
         }, maxWaitMs),
       };
       signal?.addEventListener("abort", onAbort, { once: true });
-      this.queue.push(waiter);
+      if (urgent) this.queue.unshift(waiter);
+      else this.queue.push(waiter);
     });
   }
 
