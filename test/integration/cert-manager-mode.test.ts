@@ -377,14 +377,14 @@ describe("cert-manager mode: server, agents and the fake's signer as processes",
 
   // Token-authenticated identities sharing connections (the 500-agent storm with bootstrap
   // certificates and agent processes is cert-manager-storm.test.ts).
-  test(`100 CSRs at once, each with its own identity and token over 50 connections: all signed, never more than ${MAX_IN_FLIGHT} requests in flight`, async () => {
+  test(`60 CSRs at once, each with its own identity and token over 20 connections: all signed, never more than ${MAX_IN_FLIGHT} requests in flight`, async () => {
     await fake.behave({ mode: "approve", latencyMs: 5 });
-    const n = Number(process.env.TOKEN_STORM_N ?? 100);
+    const n = Number(process.env.TOKEN_STORM_N ?? 60);
     const tokens = await Promise.all(Array.from({ length: n }, (_, i) => fake.token("storm", `sa-${i}`)));
     const csrs = await Promise.all(Array.from({ length: n }, (_, i) => csrFor(`sa-${i}`, "storm")));
     const before = await fake.stats();
-    // 50 connections (the server allows 16 streams on one), each call with its own identity's token.
-    const clients = Array.from({ length: 50 }, () => new TestSigningClient(address, fake.caPem));
+    // 20 connections (the server allows 16 streams on one), each call with its own identity's token.
+    const clients = Array.from({ length: 20 }, () => new TestSigningClient(address, fake.caPem));
     const started = Date.now();
     const retries: Record<string, number> = {};
     try {
