@@ -1015,6 +1015,9 @@ export class KubeClient {
           signal: spec.signal ?? null,
           headersTimeout: this.timeoutMs,
           bodyTimeout: spec.streamTimeoutMs ?? this.timeoutMs,
+          // undici closes a connection after a DELETE that carried a body, unless told the server
+          // expects one; the API server does (DeleteOptions), and a storm deletes once per CSR.
+          ...(spec.method === "DELETE" ? { reset: false } : {}),
         });
         status = response.statusCode;
         responseHeaders = response.headers;

@@ -7,13 +7,14 @@
 //
 // Only type imports from kube-apiserver.ts: it loads this module while defining its kinds.
 
-import { X509Certificate } from "node:crypto";
+import { createPrivateKey, X509Certificate } from "node:crypto";
 import { isIP } from "node:net";
 import { parseDuration } from "../../common/duration.js";
 import { generateKeyPair } from "../../common/keys.js";
 import { encodePem } from "../../common/pem.js";
 import {
   buildCertificate,
+  certificateSubjectDer,
   encodeName,
   ext,
   keyIdentifier,
@@ -69,6 +70,19 @@ const invalidValue = (path: string, value: Json | undefined, why: string): Field
   message: `Invalid value: ${JSON.stringify(value ?? null)}: ${why}`,
 });
 
+// The validator and the signer read the same CSR; parsing it once keeps a storm of requests from
+// costing the fake (on the same cores as the processes under test) twice the work.
+const parsedCsrs = new Map<string, ReturnType<typeof parseCsrPem>>();
+function parseRequest(request: string): ReturnType<typeof parseCsrPem> {
+  let parsed = parsedCsrs.get(request);
+  if (parsed === undefined) {
+    parsed = parseCsrPem(Buffer.from(request, "base64").toString("utf8"));
+    if (parsedCsrs.size >= 1_000) parsedCsrs.delete(parsedCsrs.keys().next().value as string);
+    parsedCsrs.set(request, parsed);
+  }
+  return parsed;
+}
+
 function certificateRequestErrors(object: JsonObject, previous: JsonObject | undefined): FieldError[] {
   const spec = object.spec;
   if (!isObject(spec)) return [required("spec")];
@@ -87,7 +101,7 @@ function certificateRequestErrors(object: JsonObject, previous: JsonObject | und
     errors.push(invalidValue("spec.request", request, "spec.request in body must be of type byte"));
   } else {
     try {
-      parseCsrPem(Buffer.from(request, "base64").toString("utf8"));
+      parseRequest(request);
     } catch (error) {
       errors.push(invalidValue("spec.request", "<csr>", `failed to decode csr: ${(error as Error).message}`));
     }
@@ -228,6 +242,8 @@ export interface SignerStats {
 
 interface SigningCa {
   readonly key: import("node:crypto").KeyObject;
+  /** The CA's SubjectPublicKeyInfo (for authorityKeyIdentifier). */
+  readonly spki: Buffer;
   readonly der: Buffer;
   readonly pem: string;
   readonly notAfter: number;
@@ -247,6 +263,7 @@ export class CertManagerSigner {
   private caReady: Promise<SigningCa> | null = null;
   private fallback: SignerBehaviour = { mode: "approve" };
   private readonly byCommonName = new Map<string, SignerBehaviour>();
+  private readonly keyPairs = new Map<string, SigningCa>();
   private created = 0;
   private deleted = 0;
   private live = 0;
@@ -308,6 +325,33 @@ export class CertManagerSigner {
     }
   }
 
+  private issuerKeyPair(issuer: JsonObject, namespace: string | undefined): SigningCa | null {
+    const spec = isObject(issuer.spec) ? issuer.spec : {};
+    const secretName = isObject(spec.ca) ? spec.ca.secretName : undefined;
+    // A ClusterIssuer reads its Secret from cert-manager's cluster resource namespace (not served here).
+    if (typeof secretName !== "string" || namespace === undefined) return null;
+    const secret = this.store.object("secrets", namespace, secretName);
+    if (secret === undefined) return null;
+    const data = isObject(secret.data) ? secret.data : {};
+    const version = String((secret.metadata as JsonObject).resourceVersion);
+    const key = `${namespace}/${secretName}@${version}`;
+    const cached = this.keyPairs.get(key);
+    if (cached !== undefined) return cached;
+    if (typeof data["tls.crt"] !== "string" || typeof data["tls.key"] !== "string") {
+      throw new Error(`secret "${secretName}" has no tls.crt or tls.key`);
+    }
+    const cert = new X509Certificate(Buffer.from(data["tls.crt"], "base64"));
+    const pair: SigningCa = {
+      key: createPrivateKey(Buffer.from(data["tls.key"], "base64")),
+      der: cert.raw,
+      spki: cert.publicKey.export({ type: "spki", format: "der" }),
+      pem: cert.toString(),
+      notAfter: Date.parse(cert.validTo),
+    };
+    this.keyPairs.set(key, pair);
+    return pair;
+  }
+
   private async signingCa(): Promise<SigningCa> {
     if (this.ca !== null) return this.ca;
     this.caReady ??= makeSigningCa().then((ca) => {
@@ -322,8 +366,7 @@ export class CertManagerSigner {
     const first = read();
     if (first === undefined) return;
     const spec = first.spec as JsonObject;
-    const csrPem = Buffer.from(String(spec.request), "base64").toString("utf8");
-    const csr = parseCsrPem(csrPem);
+    const csr = parseRequest(String(spec.request));
     const behaviour = this.byCommonName.get(csr.subjectCommonName ?? "") ?? this.fallback;
     const pause = () => new Promise((resolve) => setTimeout(resolve, behaviour.latencyMs ?? 0));
     const write = (conditions: JsonObject[], extra: JsonObject = {}) => {
@@ -422,7 +465,27 @@ export class CertManagerSigner {
       ]);
       return;
     }
-    const ca = await this.signingCa();
+    // A CA issuer signs with the key pair in its spec.ca.secretName Secret (tls.crt, tls.key) when
+    // that Secret exists, as cert-manager does; otherwise with the fake's own CA (caPem()).
+    let ca: SigningCa;
+    try {
+      ca =
+        this.issuerKeyPair(issuer, kind === "ClusterIssuer" ? undefined : namespace) ??
+        (await this.signingCa());
+    } catch (error) {
+      write(
+        [
+          condition(
+            "Ready",
+            "False",
+            "Failed",
+            `Error getting keypair for CA issuer: ${(error as Error).message}`,
+          ),
+        ],
+        { failureTime: conditionTime() },
+      );
+      return;
+    }
     const durationMs = typeof spec.duration === "string" ? parseDuration(spec.duration) : DEFAULT_DURATION_MS;
     const usages = Array.isArray(spec.usages)
       ? (spec.usages as string[])
@@ -462,7 +525,7 @@ async function makeSigningCa(): Promise<SigningCa> {
     },
     signerFor(privateKey),
   );
-  return { key: privateKey, der, pem: encodePem("CERTIFICATE", der), notAfter };
+  return { key: privateKey, spki, der, pem: encodePem("CERTIFICATE", der), notAfter };
 }
 
 /** As cert-manager's CA issuer: subject and SANs from the CSR, usages and duration from the spec. */
@@ -481,7 +544,7 @@ function signLeaf(
     ...(usages.includes("server auth") ? (["serverAuth"] as const) : []),
     ...(usages.includes("client auth") ? (["clientAuth"] as const) : []),
   ];
-  const caSpki = new X509Certificate(ca.der).publicKey.export({ type: "spki", format: "der" });
+  const caSpki = ca.spki;
   const names = {
     dns: [...csr.dnsNames],
     uris: [...csr.uris],
@@ -490,7 +553,7 @@ function signLeaf(
   const der = buildCertificate(
     {
       serialNumber: randomSerialNumber(),
-      issuer: encodeName({ commonName: "cert-manager fake CA" }),
+      issuer: certificateSubjectDer(ca.der),
       subject: encodeName({ commonName: csr.subjectCommonName ?? "" }),
       spki: csr.publicKey.spki,
       notBefore: new Date(now),

@@ -38,7 +38,12 @@ export class TestSigningClient {
     }) as Untyped;
   }
 
-  create(csr: string, validityMs = 0, bearerToken?: string): Promise<CreateCertificateResponse> {
+  create(
+    csr: string,
+    validityMs = 0,
+    bearerToken?: string,
+    deadlineMs = 10_000,
+  ): Promise<CreateCertificateResponse> {
     const metadata = new grpc.Metadata();
     // A per-call credential: many identities over one connection (the channel's own token, if any, is replaced).
     if (bearerToken !== undefined) metadata.set("authorization", `Bearer ${bearerToken}`);
@@ -54,7 +59,7 @@ export class TestSigningClient {
         this.client,
         { csr, validity: msToDuration(validityMs) },
         metadata,
-        { deadline: Date.now() + 10_000 },
+        { deadline: Date.now() + deadlineMs },
         (error, response) => (error ? reject(error) : resolve(response as CreateCertificateResponse)),
       );
     });

@@ -160,10 +160,18 @@ describe("cert-manager mode: server, agents and the fake's signer as processes",
       path: string;
     }[];
     const crCalls = requests.filter((r) => r.resource === "certificaterequests");
-    assert.ok(
-      crCalls.some((r) => r.verb === "watch" && /fieldSelector=metadata\.name/.test(r.path)),
-      "followed by watch",
+    // One label-selected watch for the replica (its own requests: managed-by and its instance), no
+    // watch per request, and nothing polls.
+    const watches = crCalls.filter((r) => r.verb === "watch");
+    assert.equal(watches.length, 1, JSON.stringify(watches));
+    const query = new URL(`https://x${watches[0]?.path}`).searchParams;
+    assert.equal(
+      query.get("labelSelector"),
+      `app.kubernetes.io/managed-by=osm-cert,osm-cert.io/instance=${hostname()}`,
     );
+    assert.equal(query.get("allowWatchBookmarks"), "true");
+    assert.ok(query.get("resourceVersion"), "from the list's resourceVersion");
+    assert.equal(query.get("fieldSelector"), null);
     assert.equal(crCalls.filter((r) => r.verb === "get").length, 0, "no polling");
   });
 
@@ -367,14 +375,16 @@ describe("cert-manager mode: server, agents and the fake's signer as processes",
     }
   });
 
-  test(`500 CSRs at once, each with its own identity and token over 50 connections: all signed, never more than ${MAX_IN_FLIGHT} requests in flight`, async () => {
+  // Token-authenticated identities sharing connections (the 500-agent storm with bootstrap
+  // certificates and agent processes is cert-manager-storm.test.ts).
+  test(`60 CSRs at once, each with its own identity and token over 20 connections: all signed, never more than ${MAX_IN_FLIGHT} requests in flight`, async () => {
     await fake.behave({ mode: "approve", latencyMs: 5 });
-    const n = Number(process.env.STORM_N ?? 500);
+    const n = Number(process.env.TOKEN_STORM_N ?? 60);
     const tokens = await Promise.all(Array.from({ length: n }, (_, i) => fake.token("storm", `sa-${i}`)));
     const csrs = await Promise.all(Array.from({ length: n }, (_, i) => csrFor(`sa-${i}`, "storm")));
     const before = await fake.stats();
-    // 50 connections (the server allows 16 streams on one), each call with its own identity's token.
-    const clients = Array.from({ length: 50 }, () => new TestSigningClient(address, fake.caPem));
+    // 20 connections (the server allows 16 streams on one), each call with its own identity's token.
+    const clients = Array.from({ length: 20 }, () => new TestSigningClient(address, fake.caPem));
     const started = Date.now();
     const retries: Record<string, number> = {};
     try {
@@ -401,12 +411,13 @@ describe("cert-manager mode: server, agents and the fake's signer as processes",
     }
     const elapsed = Date.now() - started;
     const stats = await fake.stats();
-    assert.equal(stats.created - before.created, n);
+    // A CSR retried after DEADLINE_EXCEEDED (a loaded machine) makes a new request; each was deleted.
+    assert.ok(stats.created - before.created >= n, `${stats.created - before.created} requests`);
     assert.ok(stats.maxLive <= MAX_IN_FLIGHT + 1, `max live ${stats.maxLive}`); // +1: "not-ours"
     assert.ok(stats.maxLive >= 3, `the bound was used (max live ${stats.maxLive})`);
     assert.deepEqual(await ours(), []);
     process.stdout.write(
-      `# ${n} CSRs through CertificateRequests in ${elapsed} ms, retries ${JSON.stringify(retries)}, max live ${stats.maxLive}\n`,
+      `# ${n} CSRs through ${stats.created - before.created} CertificateRequests in ${elapsed} ms, retries ${JSON.stringify(retries)}, max live ${stats.maxLive}\n`,
     );
     await fake.call("POST", "/cert-manager/reset", {});
   });
@@ -531,7 +542,7 @@ describe("cert-manager mode: refusals at start-up and under load", () => {
           "RESOURCE_EXHAUSTED",
         ]);
         for (const r of results.filter((x) => x.status === "RESOURCE_EXHAUSTED")) {
-          assert.match(r.details, /retry in a few seconds/);
+          assert.match(r.details, /retry in \d+(\.\d)?s/);
         }
       } finally {
         for (const c of clients) c.close();

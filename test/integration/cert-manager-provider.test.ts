@@ -165,4 +165,24 @@ describe("in-flight limiter", () => {
     assert.equal(limiter.inFlight, 0);
     assert.equal(limiter.queued, 0);
   });
+
+  test("the serving certificate's request jumps the queue and is never refused for its size", async () => {
+    const limiter = new InFlightLimiter({ maxInFlight: 1, maxQueued: 1, maxWaitMs: 2_000 });
+    const held = await limiter.acquire();
+    const order: string[] = [];
+    const agent = limiter.acquire().then((release) => {
+      order.push("agent");
+      return release;
+    });
+    await assert.rejects(limiter.acquire(), (e: ProviderError) => e.reason === "exhausted");
+    const serving = limiter.acquire(undefined, true).then((release) => {
+      order.push("serving");
+      return release;
+    });
+    held();
+    (await serving)();
+    (await agent)();
+    assert.deepEqual(order, ["serving", "agent"]);
+    assert.equal(limiter.inFlight, 0);
+  });
 });

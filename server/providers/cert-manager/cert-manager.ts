@@ -22,6 +22,7 @@ import { CertManagerRefusal, runCertificateRequest } from "./certificate-request
 import { ChainCheckError, checkIssuedChain } from "./chain-check.js";
 import { InFlightLimiter } from "./in-flight.js";
 import { CERT_MANAGER_MISSING, checkIssuer, IssuerCheckError, isMissingApi } from "./issuer-check.js";
+import { CertificateRequestWatch } from "./request-watch.js";
 import { CERTIFICATE_REQUESTS, type CertificateRequest } from "./resources.js";
 
 export const MANAGED_BY = { "app.kubernetes.io/managed-by": "osm-cert" } as const;
@@ -74,6 +75,7 @@ export class CertManagerProvider implements CertificateProvider {
   private constructor(
     private readonly options: CertManagerOptions,
     private readonly caBundle: CaBundleSecret,
+    private readonly watch: CertificateRequestWatch,
   ) {
     this.limiter = new InFlightLimiter({
       maxInFlight: options.maxInFlight,
@@ -100,6 +102,18 @@ export class CertManagerProvider implements CertificateProvider {
       name: options.caBundleSecretName,
       logger,
     });
+    let watch: CertificateRequestWatch;
+    try {
+      watch = await CertificateRequestWatch.open({
+        client,
+        namespace,
+        labelSelector: ownLabelSelector(instance),
+        logger,
+      });
+    } catch (error) {
+      await caBundle.close();
+      throw error;
+    }
     logger.info(
       {
         event: "cert_manager.ready",
@@ -109,22 +123,25 @@ export class CertManagerProvider implements CertificateProvider {
       },
       "cert-manager backend ready",
     );
-    return new CertManagerProvider({ ...options, instance }, caBundle);
+    return new CertManagerProvider({ ...options, instance }, caBundle, watch);
   }
 
   async issue(request: IssueRequest): Promise<IssuedCertificate> {
     const { client, namespace, issuer, logger, preserveRequests, requestTimeoutMs } = this.options;
     const started = Date.now();
-    const release = await this.limiter.acquire(request.signal).catch((error: unknown) => {
-      logger.warn(
-        { event: "cert_manager.exhausted", identity: request.commonName, error: (error as Error).message },
-        "cert-manager request refused by the in-flight bound",
-      );
-      throw error;
-    });
+    const release = await this.limiter
+      .acquire(request.signal, request.profile === "server")
+      .catch((error: unknown) => {
+        logger.warn(
+          { event: "cert_manager.exhausted", identity: request.commonName, error: (error as Error).message },
+          "cert-manager request refused by the in-flight bound",
+        );
+        throw error;
+      });
     try {
       const outcome = await runCertificateRequest({
         client,
+        watch: this.watch,
         namespace,
         object: this.requestObject(request),
         deadlineMs: Math.max(1_000, requestTimeoutMs - (Date.now() - started)),
@@ -159,7 +176,7 @@ export class CertManagerProvider implements CertificateProvider {
   }
 
   async close(): Promise<void> {
-    await this.caBundle.close();
+    await Promise.all([this.caBundle.close(), this.watch.close()]);
   }
 
   private requestObject(request: IssueRequest): CertificateRequest {
@@ -233,6 +250,13 @@ export class CertManagerProvider implements CertificateProvider {
     }
     return error instanceof Error ? error : new Error(String(error));
   }
+}
+
+/** This replica's requests: ours (managed-by) and made by this instance. */
+export function ownLabelSelector(instance: string): string {
+  return `${Object.entries(MANAGED_BY)
+    .map(([k, v]) => `${k}=${v}`)
+    .join(",")},${INSTANCE_LABEL}=${identityLabel(instance)}`;
 }
 
 function instanceName(): string {

@@ -1,9 +1,10 @@
-// One CSR's trip through cert-manager: create a CertificateRequest, watch it (from the version the
-// create returned, so no change is missed and nothing polls) until the issuer answers or the
-// deadline passes, and delete it whatever happened. cert-manager's own reason and message travel
+// One CSR's trip through cert-manager: create a CertificateRequest, follow it on the replica's
+// shared watch (request-watch.ts; nothing polls, and a state the watch saw before the create
+// returned is not missed) until the issuer answers or the deadline passes, and delete it whatever
+// happened. cert-manager's own reason and message travel
 // with every refusal.
 
-import { isGone, isNotFound, type KubeClient, KubeConnectionError } from "../../kubernetes/client.js";
+import { isNotFound, type KubeClient } from "../../kubernetes/client.js";
 import { ProviderError } from "../provider.js";
 import { CERTIFICATE_REQUESTS, type CertificateRequest, type Condition, conditionOf } from "./resources.js";
 
@@ -26,8 +27,15 @@ export class CertManagerRefusal extends ProviderError {
   }
 }
 
+/** The replica's shared watch, as one request sees it (request-watch.ts). */
+export interface RequestFollower {
+  follow(name: string, listener: (request: CertificateRequest | null) => void): () => void;
+  readonly problem: string | null;
+}
+
 export interface RunOptions {
-  readonly client: Pick<KubeClient, "create" | "watch" | "get" | "delete">;
+  readonly client: Pick<KubeClient, "create" | "delete">;
+  readonly watch: RequestFollower;
   readonly namespace: string;
   readonly object: CertificateRequest;
   readonly deadlineMs: number;
@@ -36,6 +44,9 @@ export interface RunOptions {
   /** Told when the request could not be deleted (the start-up sweep will). */
   readonly onDeleteFailed?: (name: string, error: unknown) => void;
 }
+
+/** A create that has not answered by then has failed; as the API server's own request timeout. */
+const CREATE_TIMEOUT_MS = 30_000;
 
 const describe = (c: Condition | undefined): string =>
   c === undefined
@@ -99,16 +110,17 @@ export async function runCertificateRequest(options: RunOptions): Promise<Reques
   const { client, namespace, deadlineMs, preserve } = options;
   const deadline = AbortSignal.timeout(deadlineMs);
   const signal = options.signal ? AbortSignal.any([deadline, options.signal]) : deadline;
-  let created: CertificateRequest;
-  try {
-    created = await client.create(CERTIFICATE_REQUESTS, options.object, { namespace, signal });
-  } catch (error) {
-    if (signal.aborted) throw timeout(null, deadlineMs, "could not create the CertificateRequest");
-    throw error;
-  }
+  // The create is not cut off at the deadline: one that reached the API server would leave a
+  // request nobody deletes (and that the in-flight bound no longer counts). It gets its own
+  // limit; a deadline that passed meanwhile is reported once the request is deleted again.
+  const created = await client.create(CERTIFICATE_REQUESTS, options.object, {
+    namespace,
+    signal: AbortSignal.timeout(CREATE_TIMEOUT_MS),
+  });
   const name = created.metadata?.name as string;
   try {
-    return await follow(client, namespace, created, name, signal, deadlineMs);
+    if (signal.aborted) throw timeout(created, deadlineMs, name, null);
+    return await follow(options.watch, created, name, signal, deadlineMs);
   } finally {
     if (!preserve) {
       // Never tied to the deadline: a refused or late request must still go.
@@ -121,55 +133,69 @@ export async function runCertificateRequest(options: RunOptions): Promise<Reques
   }
 }
 
-async function follow(
-  client: RunOptions["client"],
-  namespace: string,
+/** Waits on the replica's shared watch until the request's conditions decide, it is deleted, or the deadline. */
+function follow(
+  watch: RequestFollower,
   created: CertificateRequest,
   name: string,
   signal: AbortSignal,
   deadlineMs: number,
 ): Promise<RequestOutcome> {
-  let current = created;
-  let resourceVersion = created.metadata?.resourceVersion;
-  for (;;) {
-    const found = verdict(current, name);
-    if (found instanceof ProviderError) throw found;
-    if (found !== null) return found;
-    if (signal.aborted) throw timeout(current, deadlineMs, name);
-    try {
-      for await (const event of client.watch(CERTIFICATE_REQUESTS, {
-        namespace,
-        fieldSelector: `metadata.name=${name}`,
-        ...(resourceVersion === undefined ? {} : { resourceVersion }),
-        timeoutSeconds: Math.max(1, Math.ceil(deadlineMs / 1000) + 5),
-        signal,
-      })) {
-        resourceVersion = event.object.metadata?.resourceVersion ?? resourceVersion;
-        if (event.type === "BOOKMARK") continue;
-        if (event.type === "DELETED") {
-          throw new ProviderError(
-            "unavailable",
-            `CertificateRequest ${namespace}/${name} was deleted by someone else before it was signed; retry`,
-          );
-        }
-        current = event.object;
-        const verdictNow = verdict(current, name);
-        if (verdictNow instanceof ProviderError) throw verdictNow;
-        if (verdictNow !== null) return verdictNow;
+  return new Promise<RequestOutcome>((resolve, reject) => {
+    let current = created;
+    let done = false;
+    const finish = (settle: () => void) => {
+      if (done) return;
+      done = true;
+      unfollow();
+      signal.removeEventListener("abort", onAbort);
+      settle();
+    };
+    const judge = (request: CertificateRequest | null) => {
+      if (request === null) {
+        finish(() =>
+          reject(
+            new ProviderError(
+              "unavailable",
+              `CertificateRequest ${created.metadata?.namespace ?? ""}/${name} was deleted by someone else before it was signed; retry`,
+            ),
+          ),
+        );
+        return;
       }
-    } catch (error) {
-      if (signal.aborted) throw timeout(current, deadlineMs, name);
-      // The watched version is gone or the stream broke: read the object, then watch on from it.
-      if (!isGone(error) && !(error instanceof KubeConnectionError)) throw error;
-      current = await client.get(CERTIFICATE_REQUESTS, name, { namespace, signal });
-      resourceVersion = current.metadata?.resourceVersion;
+      current = request;
+      const found = verdict(request, name);
+      if (found instanceof ProviderError) finish(() => reject(found));
+      else if (found !== null) finish(() => resolve(found));
+    };
+    const onAbort = () => finish(() => reject(timeout(current, deadlineMs, name, watch.problem)));
+    // The watch may already know a newer state than the create returned: follow() replays it.
+    let unfollow: () => void = () => {};
+    judge(created);
+    if (done) return;
+    unfollow = watch.follow(name, judge);
+    if (done) {
+      unfollow();
+      return;
     }
-  }
+    if (signal.aborted) onAbort();
+    else signal.addEventListener("abort", onAbort, { once: true });
+  });
 }
 
-function timeout(current: CertificateRequest | null, deadlineMs: number, name: string): ProviderError {
+function timeout(
+  current: CertificateRequest,
+  deadlineMs: number,
+  name: string,
+  watchProblem: string | null,
+): ProviderError {
   const seconds = Math.round(deadlineMs / 100) / 10;
-  if (current === null) return new ProviderError("deadline", `cert-manager: ${name} within ${seconds}s`);
+  if (watchProblem !== null) {
+    return new ProviderError(
+      "deadline",
+      `CertificateRequest ${current.metadata?.namespace ?? ""}/${name}: no answer seen within ${seconds}s; the CertificateRequest watch is failing: ${watchProblem}`,
+    );
+  }
   const approved = conditionOf(current, "Approved");
   const hint =
     approved === undefined
