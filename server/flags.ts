@@ -109,13 +109,13 @@ export const SERVER_FLAGS = {
   "per-identity-signing-rate": {
     kind: "number",
     help: "certificates one identity (ServiceAccount) may ask for per second after its burst; 0 turns the limit off",
-    default: "10",
+    default: "20",
     validate: nonNegativeNumber,
   },
   "per-identity-signing-burst": {
     kind: "number",
     help: "certificates one identity may ask for at once before the rate applies",
-    default: "100",
+    default: "200",
     validate: positiveInteger,
   },
   "liveness-stall-threshold": {

@@ -21,8 +21,7 @@ import { TrustBundleDistributor } from "./kubernetes/trust-bundle-distributor.js
 import { CertManagerProvider } from "./providers/cert-manager/cert-manager.js";
 import type { CertificateProvider } from "./providers/provider.js";
 import { DirectoryCaStore } from "./providers/tresor/directory-store.js";
-import { SecretRotationStore } from "./providers/tresor/secret-rotation-store.js";
-import { SecretCaStore } from "./providers/tresor/secret-store.js";
+import { followedSecretCaStore } from "./providers/tresor/secret-rotation-store.js";
 import { type CaStore, TresorProvider } from "./providers/tresor/tresor.js";
 import { openVaultProvider } from "./providers/vault/config.js";
 import { followRenewOrders, renewOrderStore } from "./renew/follow-renew-orders.js";
@@ -77,17 +76,8 @@ export async function openKubeClient(flags: ServerFlags, logger: Logger): Promis
 function caStore(flags: ServerFlags, kube: KubeClient | null): CaStore {
   if (flags["ca-dir"] !== undefined) return new DirectoryCaStore(flags["ca-dir"]);
   if (kube !== null) {
-    return new SecretCaStore({
-      client: kube,
-      namespace: flags["osm-namespace"],
-      name: flags["ca-bundle-secret-name"],
-      // Root rotation (issue 9): every replica follows the rotation Secret beside the CA bundle.
-      rotation: new SecretRotationStore({
-        client: kube,
-        namespace: flags["osm-namespace"],
-        caBundleSecretName: flags["ca-bundle-secret-name"],
-      }),
-    });
+    // Root rotation (issue 9): every replica follows the rotation Secret beside the CA bundle.
+    return followedSecretCaStore(kube, flags["osm-namespace"], flags["ca-bundle-secret-name"]);
   }
   throw new StartupError(
     "tresor needs a place for its root: --ca-dir, or a Kubernetes API (--kubeconfig or in-cluster)",

@@ -9,7 +9,7 @@ import { createLogger, type Logger } from "../common/logger.js";
 import { MetricsRegistry } from "../common/metrics.js";
 import { inClusterConfig, KubeClient, loadKubeconfig } from "../server/kubernetes/client.js";
 import { DirectoryCaStore } from "../server/providers/tresor/directory-store.js";
-import { SecretCaStore } from "../server/providers/tresor/secret-store.js";
+import { followedSecretCaStore } from "../server/providers/tresor/secret-rotation-store.js";
 import { TresorProvider } from "../server/providers/tresor/tresor.js";
 import type { InjectionConfig } from "./agent-sidecar.js";
 import { CaBundleKeeper } from "./ca-bundle-keeper.js";
@@ -119,11 +119,7 @@ export async function startWebhook(
       flags["ca-dir"] !== undefined
         ? new DirectoryCaStore(flags["ca-dir"])
         : kube !== null
-          ? new SecretCaStore({
-              client: kube,
-              namespace: flags["osm-namespace"],
-              name: flags["ca-bundle-secret-name"],
-            })
+          ? followedSecretCaStore(kube, flags["osm-namespace"], flags["ca-bundle-secret-name"])
           : null;
     if (store === null)
       throw new WebhookStartupError(

@@ -1,6 +1,6 @@
 // The webhook's own certificate through a root rotation (issue 9, Deliver 4): the webhook follows the
-// rotation state beside the root (directory mode here, its caBundle kept in a
-// MutatingWebhookConfiguration on the fake API server). While the rotation runs through every
+// rotation state beside the root (the CA directory, or the rotation Secret in Kubernetes mode; its
+// caBundle kept in a MutatingWebhookConfiguration on the fake API server). While the rotation runs through every
 // phase, the certificate the webhook serves always chains to a root in the caBundle the API server
 // holds (zero broken calls); the caBundle holds old + new while both are trusted; the serving
 // certificate moves under the new root as soon as it signs; at the end only the new root is left.
@@ -16,6 +16,7 @@ import { parseFlags } from "../../common/flags.js";
 import { decodeCertificates, encodePem } from "../../common/pem.js";
 import { KubeClient, StaticToken } from "../../server/kubernetes/client.js";
 import { DirectoryCaStore } from "../../server/providers/tresor/directory-store.js";
+import { followedSecretCaStore } from "../../server/providers/tresor/secret-rotation-store.js";
 import { rotateRoot } from "../../server/rotation/root-rotation.js";
 import { MUTATING_WEBHOOK_CONFIGURATIONS } from "../../webhook/ca-bundle-keeper.js";
 import { WEBHOOK_FLAGS } from "../../webhook/flags.js";
@@ -46,7 +47,12 @@ function servedCertificate(address: string): Promise<X509Certificate> {
   });
 }
 
-test("the webhook's certificate and caBundle follow a root rotation through every phase", async () => {
+for (const mode of ["directory", "kubernetes"] as const) {
+  test(`the webhook's certificate and caBundle follow a root rotation through every phase (${mode} mode)`, () =>
+    rotateUnderWebhook(mode));
+}
+
+async function rotateUnderWebhook(mode: "directory" | "kubernetes"): Promise<void> {
   const fake = await FakeKubeApiServer.start({ namespaces: [OSM_NS] });
   const dir = await tempDir();
   const caDir = join(dir.path, "ca");
@@ -73,6 +79,16 @@ test("the webhook's certificate and caBundle follow a root rotation through ever
       },
     ],
   } as never);
+  // Kubernetes mode: the same root, kept in the osm-ca-bundle Secret; the rotation in its -rotation Secret.
+  const store =
+    mode === "directory"
+      ? new DirectoryCaStore(caDir)
+      : followedSecretCaStore(admin, OSM_NS, "osm-ca-bundle");
+  if (mode === "kubernetes") {
+    const material = await new DirectoryCaStore(caDir).load();
+    assert.ok(material !== null);
+    await store.createIfAbsent(material);
+  }
   const kubeconfig = join(dir.path, "kubeconfig.json");
   await writeFile(kubeconfig, fake.kubeconfig(fake.serviceAccountToken(OSM_NS, "osm-cert-webhook")));
   const log = captureLog("webhook-rotation");
@@ -81,8 +97,7 @@ test("the webhook's certificate and caBundle follow a root rotation through ever
     "webhook",
     WEBHOOK_FLAGS,
     [
-      "--ca-dir",
-      caDir,
+      ...(mode === "directory" ? ["--ca-dir", caDir] : []),
       "--kubeconfig",
       kubeconfig,
       "--listen",
@@ -127,11 +142,12 @@ test("the webhook's certificate and caBundle follow a root rotation through ever
     }
   })();
   try {
-    const store = new DirectoryCaStore(caDir);
     const said: string[] = [];
+    const rotation = store.rotation;
+    assert.ok(rotation !== undefined);
     await rotateRoot({
       loadPlainRoot: () => store.load(),
-      rotation: store.rotation,
+      rotation,
       newRoot: null,
       rootOptions: { keyAlgorithm: "ecdsa-p256", commonName: "osm.root.2", validityMs: 86_400_000 },
       probe: null,
@@ -169,4 +185,4 @@ test("the webhook's certificate and caBundle follow a root rotation through ever
     await fake.close();
     await dir.remove();
   }
-});
+}

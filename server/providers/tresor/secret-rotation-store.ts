@@ -25,6 +25,7 @@ import {
   serializeRotationState,
 } from "./rotation-state.js";
 import type { RotationStore } from "./rotation-store.js";
+import { SecretCaStore } from "./secret-store.js";
 
 export const ROTATION_SECRET_SUFFIX = "-rotation";
 export const STATE_KEY = "rotation.json";
@@ -240,4 +241,21 @@ function materialOf(secret: Secret | null, id: string): CaMaterial | null {
   }
   const text = (f: Field) => decode(data[rootKey(id, f)]) as string;
   return { caCert: text("caCert"), privateKey: text("privateKey"), expiration: text("expiration") };
+}
+
+/**
+ * The CA bundle Secret together with its rotation Secret: what the signing server and the webhook
+ * both read, so both follow a rotation the same way.
+ */
+export function followedSecretCaStore(
+  client: SecretRotationClient,
+  namespace: string,
+  caBundleSecretName: string,
+): SecretCaStore {
+  return new SecretCaStore({
+    client,
+    namespace,
+    name: caBundleSecretName,
+    rotation: new SecretRotationStore({ client, namespace, caBundleSecretName }),
+  });
 }
