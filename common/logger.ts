@@ -11,6 +11,11 @@ export type { Logger };
  * instead of growing the heap without bound.
  */
 const ASYNC_MAX_BUFFERED_BYTES = 16 * 1024 * 1024;
+/**
+ * One write(2) carries at most this much, in whole lines (SonicBoom fills each chunk with whole
+ * lines): PIPE_BUF, so lines from several processes on one pipe (--workers) never interleave.
+ */
+const ASYNC_MAX_WRITE_BYTES = 4096;
 
 export function createLogger(
   component: string,
@@ -39,7 +44,13 @@ export function createLogger(
   if (options.async === true) {
     return pino(
       config,
-      pino.destination({ dest: 1, sync: false, minLength: 0, maxLength: ASYNC_MAX_BUFFERED_BYTES }),
+      pino.destination({
+        dest: 1,
+        sync: false,
+        minLength: 0,
+        maxLength: ASYNC_MAX_BUFFERED_BYTES,
+        maxWrite: ASYNC_MAX_WRITE_BYTES,
+      }),
     );
   }
   return pino(config);
