@@ -66,6 +66,9 @@ export async function runWorker(flags: ServerFlags, logger: Logger): Promise<voi
   send({ osmCert: "listening", address: running.address });
   // SIGTERM (from the primary, or the whole process group), or the primary gone.
   await Promise.race([waitForSignal(log), once(process, "disconnect")]);
+  // Ctrl-C reaches the whole process group, then the primary's SIGTERM follows: one close is enough.
+  const ignore = () => {};
+  process.on("SIGTERM", ignore).on("SIGINT", ignore);
   await running.close();
   log.info({ event: "server.worker_stopped" }, "signing worker stopped");
   setTimeout(() => process.exit(0), 500).unref();
