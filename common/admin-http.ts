@@ -10,7 +10,13 @@ export interface AdminHandlers {
   readonly metrics: MetricsRegistry;
   /** null when ready; otherwise why not, shown to whoever probes. */
   readonly notReadyReason: () => string | null;
+  /** The JSON of /status (a promise when it is gathered from other processes). */
   readonly status?: () => unknown;
+  /**
+   * /metrics from more than this process (the server's workers, server/workers.ts): given this
+   * process's own exposition, the whole text.
+   */
+  readonly gatherMetrics?: (own: string) => Promise<string>;
   /** /healthz fails for a while after the event loop stalled at least this long (default 10 s). */
   readonly stallThresholdMs?: number;
 }
@@ -68,19 +74,36 @@ export class AdminServer {
             .end(`${reason ?? "ready"}\n`);
           return;
         }
-        case "/metrics":
-          res
-            .writeHead(200, { "content-type": "text/plain; version=0.0.4; charset=utf-8" })
-            .end(this.handlers.metrics.render());
-          return;
-        case "/status":
-          if (this.handlers.status !== undefined) {
-            res
-              .writeHead(200, { "content-type": "application/json" })
-              .end(`${JSON.stringify(this.handlers.status(), null, 2)}\n`);
+        case "/metrics": {
+          const own = this.handlers.metrics.render();
+          const gather = this.handlers.gatherMetrics;
+          if (gather === undefined) {
+            res.writeHead(200, { "content-type": "text/plain; version=0.0.4; charset=utf-8" }).end(own);
             return;
           }
-          break;
+          gather(own).then(
+            (text) =>
+              res.writeHead(200, { "content-type": "text/plain; version=0.0.4; charset=utf-8" }).end(text),
+            (error: unknown) =>
+              res.writeHead(500, { "content-type": "text/plain" }).end(`${(error as Error).message}\n`),
+          );
+          return;
+        }
+        case "/status": {
+          const status = this.handlers.status;
+          if (status === undefined) break;
+          Promise.resolve()
+            .then(status)
+            .then(
+              (value) =>
+                res
+                  .writeHead(200, { "content-type": "application/json" })
+                  .end(`${JSON.stringify(value, null, 2)}\n`),
+              (error: unknown) =>
+                res.writeHead(500, { "content-type": "text/plain" }).end(`${(error as Error).message}\n`),
+            );
+          return;
+        }
       }
       res.writeHead(404, { "content-type": "text/plain" }).end("not found\n");
     });

@@ -17,6 +17,7 @@
 //
 // `node scripts/bundle-agent.mjs --analyze` prints what the bundle is made of.
 
+import { execFileSync } from "node:child_process";
 import { readFile, writeFile } from "node:fs/promises";
 import { dirname, relative, resolve, sep } from "node:path";
 import { fileURLToPath } from "node:url";
@@ -73,10 +74,23 @@ const result = await build({
 
 // The code cache: compile and run the bundle's top level once (loading only: nothing starts), then
 // keep everything V8 compiled on the way, so an agent's start-up skips that parse and compile.
-const { AGENT_BUNDLE_CACHE, loadAgentBundle } = await import(
-  new URL("../dist/cli/agent-bundle.js", import.meta.url).href
+// Made in a child process under the V8 flags the injected agent runs with (its NODE_OPTIONS,
+// common/agent-node-options.js): V8 rejects a cache made under other flags.
+const { AGENT_NODE_OPTIONS } = await import(
+  new URL("../dist/common/agent-node-options.js", import.meta.url).href
 );
-const { script } = loadAgentBundle({ useCache: false });
-await writeFile(AGENT_BUNDLE_CACHE, script.createCachedData());
+const agentBundleUrl = new URL("../dist/cli/agent-bundle.js", import.meta.url).href;
+execFileSync(
+  process.execPath,
+  [
+    "--input-type=module",
+    "-e",
+    `const { AGENT_BUNDLE_CACHE, loadAgentBundle } = await import(${JSON.stringify(agentBundleUrl)});
+     const { writeFile } = await import("node:fs/promises");
+     const { script } = loadAgentBundle({ useCache: false });
+     await writeFile(AGENT_BUNDLE_CACHE, script.createCachedData());`,
+  ],
+  { stdio: "inherit", env: { ...process.env, NODE_OPTIONS: AGENT_NODE_OPTIONS } },
+);
 
 if (process.argv.includes("--analyze")) console.log(await analyzeMetafile(result.metafile));

@@ -7,6 +7,7 @@
 import { X509Certificate } from "node:crypto";
 import { parseBootstrapCommonName, parseSpiffeId, type ServiceIdentity } from "../common/identity.js";
 import { type CertificateNames, readCertificateNames } from "../common/x509/certificate-names.js";
+import { tlsConnectionOf } from "./peer-connection.js";
 import type { TokenAuthenticator } from "./token-review.js";
 
 export type Caller = {
@@ -30,34 +31,58 @@ export interface PeerCertificateSource {
 const CLIENT_AUTH_OID = "1.3.6.1.5.5.7.3.2";
 const CACHE_LIMIT = 10_000;
 
+type Classified = AuthnResult & { notAfter: number };
+
+const NO_CERTIFICATE: Classified = {
+  ok: false,
+  message:
+    "no valid client certificate: present an xDS bootstrap certificate or your current service certificate " +
+    "issued by the mesh CA (certificates from another CA, expired ones and none at all are refused)",
+  notAfter: Number.POSITIVE_INFINITY,
+};
+
 export class ClientCertificateAuthenticator {
-  // Parsing a certificate costs more than the rest of authentication; renewing agents present the
-  // same certificate many times. Keyed by the SHA-256 fingerprint TLS already computed.
-  private readonly cache = new Map<string, AuthnResult & { notAfter: number }>();
+  // Once per connection: what TLS verified at the handshake cannot change while the HTTP/2 session
+  // lives (peer-connection.ts), so the certificate is read and classified on the connection's first
+  // call and the verdict kept with the session; only its expiry is checked on every call.
+  private readonly byConnection = new WeakMap<object, Classified>();
+  // When the connection cannot be found (peer-connection.ts falls back): parsing a certificate costs
+  // more than the rest of authentication, so verdicts are kept by the SHA-256 fingerprint TLS computed.
+  private readonly cache = new Map<string, Classified>();
 
   constructor(private readonly trustDomain: string) {}
 
   authenticate(call: PeerCertificateSource, now = Date.now()): AuthnResult {
-    const peer = call.getAuthContext().sslPeerCertificate;
-    if (peer === undefined) {
-      return {
-        ok: false,
-        message:
-          "no valid client certificate: present an xDS bootstrap certificate or your current service certificate " +
-          "issued by the mesh CA (certificates from another CA, expired ones and none at all are refused)",
-      };
-    }
-    let result = this.cache.get(peer.fingerprint256);
-    if (result === undefined) {
-      result = this.classify(new X509Certificate(peer.raw));
-      if (this.cache.size >= CACHE_LIMIT) this.cache.delete(this.cache.keys().next().value as string);
-      this.cache.set(peer.fingerprint256, result);
-    }
+    const result = this.classified(call);
     if (result.ok && now >= result.notAfter) {
       return {
         ok: false,
         message: `client certificate expired at ${new Date(result.notAfter).toISOString()}`,
       };
+    }
+    return result;
+  }
+
+  private classified(call: PeerCertificateSource): Classified {
+    const connection = tlsConnectionOf(call);
+    if (connection !== undefined) {
+      let result = this.byConnection.get(connection.session);
+      if (result === undefined) {
+        const { socket } = connection;
+        // `authorized`: a certificate was presented and chains to the mesh roots (grpc-js's rule too).
+        const cert = socket.authorized ? socket.getPeerX509Certificate() : undefined;
+        result = cert === undefined ? NO_CERTIFICATE : this.classify(cert);
+        this.byConnection.set(connection.session, result);
+      }
+      return result;
+    }
+    const peer = call.getAuthContext().sslPeerCertificate;
+    if (peer === undefined) return NO_CERTIFICATE;
+    let result = this.cache.get(peer.fingerprint256);
+    if (result === undefined) {
+      result = this.classify(new X509Certificate(peer.raw));
+      if (this.cache.size >= CACHE_LIMIT) this.cache.delete(this.cache.keys().next().value as string);
+      this.cache.set(peer.fingerprint256, result);
     }
     return result;
   }

@@ -118,6 +118,12 @@ export const SERVER_FLAGS = {
     default: "200",
     validate: positiveInteger,
   },
+  workers: {
+    kind: "string",
+    help: 'processes serving the signing port, sharing one address (node:cluster): a number, or "auto" for every CPU this process may use',
+    default: "1",
+    validate: checkWorkers,
+  },
   "liveness-stall-threshold": {
     kind: "duration",
     help: "/healthz fails for a minute after the event loop stalled this long (a hung process gets restarted)",
@@ -280,6 +286,16 @@ function positiveInteger(value: string): void {
 
 function nonNegativeNumber(value: string): void {
   if (!/^\d{1,9}(\.\d+)?$/.test(value.trim())) throw new Error(`"${value}" is not a number ≥ 0`);
+}
+
+/** Most worker processes --workers accepts (each holds its own TLS and gRPC state, ≈60 MB). */
+export const MAX_WORKERS = 64;
+
+function checkWorkers(value: string): void {
+  if (value === "auto") return;
+  if (!/^\d+$/.test(value) || Number(value) < 1 || Number(value) > MAX_WORKERS) {
+    throw new Error(`"${value}" is not "auto" or a whole number from 1 to ${MAX_WORKERS}`);
+  }
 }
 
 function checkHostPort(value: string): void {

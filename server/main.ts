@@ -1,7 +1,9 @@
 // `osm-cert server`: the only place the server's real parts are wired together.
 
+import cluster from "node:cluster";
 import { createHash, X509Certificate } from "node:crypto";
 import { isIP } from "node:net";
+import { availableParallelism } from "node:os";
 import * as grpc from "@grpc/grpc-js";
 import { AdminServer, parseHostPort } from "../common/admin-http.js";
 import { formatDuration } from "../common/duration.js";
@@ -10,8 +12,9 @@ import type { KeyAlgorithm } from "../common/keys.js";
 import { waitForSignal } from "../common/lifecycle.js";
 import { createLogger, type Logger } from "../common/logger.js";
 import { MetricsRegistry } from "../common/metrics.js";
+import { registerProcessMetrics } from "../common/process-metrics.js";
 import { MutableCertificateProvider } from "../common/tls-material.js";
-import { AgentRegistry } from "./agent-registry.js";
+import { AgentRegistry, type AgentSummary } from "./agent-registry.js";
 import { CallerAuthenticator, ClientCertificateAuthenticator } from "./authn.js";
 import { SERVER_FLAGS } from "./flags.js";
 import { inClusterConfig, KubeClient, loadKubeconfig } from "./kubernetes/client.js";
@@ -156,7 +159,7 @@ export async function openProvider(
  * In Kubernetes mode, one replica at a time (elected through a Lease) keeps the trust-bundle
  * ConfigMap in every selected namespace; the others only sign. Returns the function that stops it.
  */
-function startTrustBundleDistribution(
+export function startTrustBundleDistribution(
   flags: ServerFlags,
   kube: KubeClient | null,
   provider: CertificateProvider,
@@ -197,8 +200,19 @@ function startTrustBundleDistribution(
 
 export interface RunningServer {
   readonly address: string;
+  /** "" in a worker process (the primary serves the admin endpoint: workers.ts). */
   readonly adminAddress: string;
+  /** What a worker reports to the primary's admin endpoint (workers.ts). */
+  snapshot(): WorkerSnapshot;
   close(): Promise<void>;
+}
+
+export interface StartOptions {
+  /**
+   * A worker of `--workers N` (workers.ts): serves the signing port only. The primary process does
+   * the one-per-process work (leader election and ConfigMaps, the admin endpoint).
+   */
+  readonly worker?: boolean;
 }
 
 /** Flag combinations no single flag's check can see; each stops start-up with exit code 2. */
@@ -218,7 +232,12 @@ export function checkServerFlags(flags: ServerFlags): void {
   }
 }
 
-export async function startServer(flags: ServerFlags, logger: Logger): Promise<RunningServer> {
+export async function startServer(
+  flags: ServerFlags,
+  logger: Logger,
+  options: StartOptions = {},
+): Promise<RunningServer> {
+  const worker = options.worker === true;
   checkServerFlags(flags);
   const metrics = new MetricsRegistry();
   const kube = await openKubeClient(flags, logger);
@@ -330,22 +349,32 @@ export async function startServer(flags: ServerFlags, logger: Logger): Promise<R
   const port = await new Promise<number>((resolve, reject) =>
     server.bindAsync(flags.listen, credentials, (error, bound) => (error ? reject(error) : resolve(bound))),
   );
-  const stopLeading = startTrustBundleDistribution(flags, kube, provider, logger, metrics);
+  const stopLeading = worker
+    ? async () => {}
+    : startTrustBundleDistribution(flags, kube, provider, logger, metrics);
   const listen = parseHostPort(flags.listen);
   const address = `${listen.host}:${port}`;
 
   let ready = true;
-  const admin = new AdminServer({
-    metrics,
-    notReadyReason: () => (ready ? null : "shutting down"),
-    stallThresholdMs: flags["liveness-stall-threshold"],
-    status: () => rotationStatus(provider, agents, flags, startedAt),
-  });
-  const adminBound = await admin.listen(parseHostPort(flags["admin-listen"]));
-  const adminAddress = `${adminBound.host}:${adminBound.port}`;
+  // A worker has no admin endpoint of its own: its metrics (process metrics included) and agent
+  // counts reach the primary's through snapshot().
+  const admin = worker
+    ? null
+    : new AdminServer({
+        metrics,
+        notReadyReason: () => (ready ? null : "shutting down"),
+        stallThresholdMs: flags["liveness-stall-threshold"],
+        status: () => rotationStatus(provider, agents, flags, startedAt),
+      });
+  const workerProcessMetrics = worker ? registerProcessMetrics(metrics) : null;
+  let adminAddress = "";
+  if (admin !== null) {
+    const adminBound = await admin.listen(parseHostPort(flags["admin-listen"]));
+    adminAddress = `${adminBound.host}:${adminBound.port}`;
+  }
   logger.info(
     {
-      event: "server.started",
+      event: worker ? "server.worker_started" : "server.started",
       address,
       admin: adminAddress,
       provider: provider.name,
@@ -357,6 +386,13 @@ export async function startServer(flags: ServerFlags, logger: Logger): Promise<R
   return {
     address,
     adminAddress,
+    snapshot: () => ({
+      metrics: metrics.render(),
+      agents: {
+        byVersion: agents.counts(),
+        notOnCurrent: agents.notOn(provider.trustBundle().version, AGENTS_LISTED),
+      },
+    }),
     async close() {
       ready = false;
       serving.stop();
@@ -377,15 +413,30 @@ export async function startServer(flags: ServerFlags, logger: Logger): Promise<R
       // Whatever a peer still holds open after the graceful part (an agent's idle channel that
       // connected while watches were ending) is cut, so the process can exit.
       server.forceShutdown();
-      await admin.close();
+      await admin?.close();
+      workerProcessMetrics?.stop();
       await provider.close();
       await kube?.close();
     },
   };
 }
 
+/** Agents not on the current bundle listed by /status (the rest are only counted). */
+export const AGENTS_LISTED = 100;
+
+export interface WorkerSnapshot {
+  /** The worker's metrics in the text exposition format. */
+  readonly metrics: string;
+  readonly agents: { readonly byVersion: Record<string, number>; readonly notOnCurrent: AgentSummary[] };
+}
+
+/** --workers: "auto" is every CPU this process may run on (its affinity mask, not a cgroup quota). */
+export function workerCount(value: string): number {
+  return value === "auto" ? availableParallelism() : Number(value);
+}
+
 /** What `osm-cert rotate-root` reads from each replica's admin /status (issue 9). */
-function rotationStatus(
+export function rotationStatus(
   provider: CertificateProvider,
   agents: AgentRegistry,
   flags: ServerFlags,
@@ -409,13 +460,20 @@ function rotationStatus(
     rotation: provider.rotationStatus?.() ?? null,
     renewOrder: provider.renewOrder?.() ?? null,
     maxServiceCertValidityMs: flags["service-cert-validity-duration"],
-    agents: { byVersion: agents.counts(), notOnCurrent: agents.notOn(bundle.version, 100) },
+    agents: { byVersion: agents.counts(), notOnCurrent: agents.notOn(bundle.version, AGENTS_LISTED) },
   };
 }
 
 export async function serverCommand(argv: readonly string[]): Promise<void> {
   const flags = parseFlags("server", SERVER_FLAGS, argv);
-  const logger = createLogger("osm-cert-server");
+  // Asynchronous stdout: an audit line per issuance must not cost a blocking write each.
+  const logger = createLogger("osm-cert-server", { async: true });
+  const workers = workerCount(flags.workers);
+  if (workers > 1 || cluster.isWorker) {
+    const { runPrimary, runWorker } = await import("./workers.js");
+    await (cluster.isWorker ? runWorker(flags, logger) : runPrimary(flags, logger, workers));
+    return;
+  }
   const running = await startServer(flags, logger);
   await waitForSignal(logger);
   await running.close();

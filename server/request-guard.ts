@@ -12,6 +12,7 @@
 import * as grpc from "@grpc/grpc-js";
 import type { Gauge, MetricsRegistry } from "../common/metrics.js";
 import { peerAddress } from "./authn.js";
+import { hasVerifiedClientCertificate } from "./peer-connection.js";
 
 export interface RequestGuardOptions {
   /** A call's request (message and half-close) must arrive within this. */
@@ -65,7 +66,7 @@ export class RequestGuard {
     const intercepting: grpc.ServerInterceptingCall = new grpc.ServerInterceptingCall(call, {
       start: (next) => {
         // grpc-js reports a peer certificate only when TLS verified it against the mesh roots.
-        if (call.getAuthContext().sslPeerCertificate === undefined) {
+        if (!hasVerifiedClientCertificate(call)) {
           const peer = peerAddress(call.getPeer());
           const full =
             this.receiving >= this.options.maxReceiving

@@ -1,6 +1,8 @@
 // What the webhook adds to a meshed pod (CONTRACT.md "Injected agent"): the agent as a native
 // sidecar and its three volumes. Pure data built from the configuration, no pod input.
 
+import { AGENT_NODE_OPTIONS } from "../common/agent-node-options.js";
+
 export const AGENT_CONTAINER = "osm-cert-agent";
 export const SDS_VOLUME = "osm-cert-sds";
 export const TOKEN_VOLUME = "osm-cert-token";
@@ -86,6 +88,8 @@ export function agentContainer(config: InjectionConfig): Record<string, unknown>
     env: [
       { name: "POD_NAMESPACE", valueFrom: { fieldRef: { fieldPath: "metadata.namespace" } } },
       { name: "SERVICE_ACCOUNT", valueFrom: { fieldRef: { fieldPath: "spec.serviceAccountName" } } },
+      // The V8 flags the bundle's code cache was made under (common/agent-node-options.ts).
+      { name: "NODE_OPTIONS", value: AGENT_NODE_OPTIONS },
     ],
     resources: {
       requests: { cpu: config.resources.cpuRequest, memory: config.resources.memoryRequest },

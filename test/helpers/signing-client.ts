@@ -14,7 +14,14 @@ type Untyped = grpc.Client & Record<string, (...args: unknown[]) => unknown>;
 export class TestSigningClient {
   private readonly client: Untyped;
 
-  constructor(address: string, rootPem: string, clientCert?: KeyedCert, bearerToken?: string) {
+  /** `channelOptions` e.g. `{ "grpc.use_local_subchannel_pool": 1 }`: a connection of its own. */
+  constructor(
+    address: string,
+    rootPem: string,
+    clientCert?: KeyedCert,
+    bearerToken?: string,
+    channelOptions: grpc.ChannelOptions = {},
+  ) {
     const Constructor = grpc.makeGenericClientConstructor(
       certificateServiceDefinition(),
       "CertificateService",
@@ -35,6 +42,7 @@ export class TestSigningClient {
     }
     this.client = new Constructor(address, credentials, {
       "grpc.max_send_message_length": 1 << 20,
+      ...channelOptions,
     }) as Untyped;
   }
 

@@ -6,15 +6,32 @@ import assert from "node:assert/strict";
 import { execFileSync } from "node:child_process";
 import { test } from "node:test";
 import { loadAgentBundle } from "../../cli/agent-bundle.js";
+import { AGENT_NODE_OPTIONS } from "../../common/agent-node-options.js";
 import { FlagError, HelpRequested } from "../../common/flags.js";
 
 const LOADER = new URL("../../cli/agent-bundle.js", import.meta.url).href;
 
-test("the agent bundle loads with the code cache made at build time", () => {
-  const { agent, cacheAccepted } = loadAgentBundle();
+test("the agent bundle loads with the code cache made at build time, under the injected agent's NODE_OPTIONS", () => {
+  const { agent } = loadAgentBundle();
   assert.equal(typeof agent.agentCommand, "function");
   assert.equal(typeof agent.startAgent, "function");
-  assert.equal(cacheAccepted, true, "V8 rejected dist/agent.bundle.cjs.cache: rebuild with npm run build");
+  // V8 accepts a code cache only under the flags it was made with: the container's NODE_OPTIONS.
+  const accepted = (nodeOptions: string) =>
+    execFileSync(
+      process.execPath,
+      [
+        "--input-type=module",
+        "-e",
+        `const { loadAgentBundle } = await import(${JSON.stringify(LOADER)});
+         process.stdout.write(String(loadAgentBundle().cacheAccepted));`,
+      ],
+      { encoding: "utf8", env: { ...process.env, NODE_OPTIONS: nodeOptions } },
+    );
+  assert.equal(
+    accepted(AGENT_NODE_OPTIONS),
+    "true",
+    "V8 rejected dist/agent.bundle.cjs.cache: rebuild with npm run build",
+  );
 });
 
 test("flag errors thrown inside the bundle are the CLI's classes (exit code 2, --help)", async () => {

@@ -12,6 +12,7 @@ import { dirname, join, relative, resolve } from "node:path";
 import { after, before, describe, test } from "node:test";
 import { fileURLToPath } from "node:url";
 import { parse as parseYaml } from "yaml";
+import { AGENT_NODE_OPTIONS } from "../../common/agent-node-options.js";
 import {
   copies,
   isIgnored,
@@ -257,8 +258,12 @@ describe("the runtime stage, rebuilt as a directory", () => {
 
     const probe = `import(${JSON.stringify(join(app, "dist/cli/agent-bundle.js"))}).then((m) => console.log(m.loadAgentBundle().cacheAccepted))`;
     const cache = await new Promise<string>((done, fail) =>
-      execFile(process.execPath, ["-e", probe], { cwd: root }, (error, stdout) =>
-        error ? fail(error) : done(stdout),
+      // Under the injected container's NODE_OPTIONS, the flags the cache was made under.
+      execFile(
+        process.execPath,
+        ["-e", probe],
+        { cwd: root, env: { ...process.env, NODE_OPTIONS: AGENT_NODE_OPTIONS } },
+        (error, stdout) => (error ? fail(error) : done(stdout)),
       ),
     );
     assert.equal(cache.trim(), "true", "V8 takes the shipped code cache");
