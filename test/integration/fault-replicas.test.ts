@@ -10,6 +10,7 @@
 import assert from "node:assert/strict";
 import { spawn } from "node:child_process";
 import { X509Certificate } from "node:crypto";
+import { existsSync, readdirSync } from "node:fs";
 import { readFile } from "node:fs/promises";
 import { join } from "node:path";
 import { after, before, test } from "node:test";
@@ -159,6 +160,15 @@ test(`one of two replicas SIGKILLed mid-burst (${BURST} calls over ${CLIENTS} co
   }
 });
 
+/** Debian's libfaketime (package libfaketime, installed by .ci/run), under the machine's multiarch directory. */
+function libfaketime(): string {
+  for (const arch of readdirSync("/usr/lib")) {
+    const path = join("/usr/lib", arch, "faketime", "libfaketime.so.1");
+    if (existsSync(path)) return path;
+  }
+  throw new Error("libfaketime.so.1 not found under /usr/lib/*/faketime (apt-get install faketime)");
+}
+
 /** An agent whose clock is `offset` ("+5m", "-5m") off, through libfaketime. */
 function skewedAgent(offset: string, socket: string): CliProcess {
   const args = [
@@ -182,8 +192,15 @@ function skewedAgent(offset: string, socket: string): CliProcess {
     "--cert-validity",
     "1h",
   ];
-  const child = spawn("faketime", ["-f", offset, process.execPath, CLI, ...args], {
-    env: { ...process.env, FAKETIME_DONT_FAKE_MONOTONIC: "1" },
+  // libfaketime preloaded into node itself, not through the `faketime` wrapper: the wrapper forks, so
+  // stopping it would orphan the agent (seen: two agents left running after every test run).
+  const child = spawn(process.execPath, [CLI, ...args], {
+    env: {
+      ...process.env,
+      LD_PRELOAD: libfaketime(),
+      FAKETIME: offset,
+      FAKETIME_DONT_FAKE_MONOTONIC: "1",
+    },
     stdio: ["ignore", "pipe", "pipe"],
   });
   return new CliProcess(child, `agent ${offset}`);
