@@ -26,7 +26,6 @@ import {
   NAMESPACES,
   type Namespace,
   type ResourceType,
-  type Verb,
 } from "./client.js";
 import { ForbiddenLog } from "./forbidden-log.js";
 
