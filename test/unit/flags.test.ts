@@ -1,6 +1,7 @@
 import assert from "node:assert/strict";
 import { test } from "node:test";
 import { FlagError, type FlagTable, HelpRequested, parseFlags } from "../../common/flags.js";
+import { SERVER_FLAGS } from "../../server/flags.js";
 
 const TABLE = {
   "certificate-manager": {
@@ -82,4 +83,37 @@ test("--namespace-selector is checked at start-up", async () => {
   for (const bad of ["a=b=c", "in (x)", "bad key", "a in x", "-a"]) {
     assert.throws(() => checkLabelSelector(bad), /is not a label selector term/, bad);
   }
+});
+
+test("the server's load and worker flags refuse what is not a count or a rate, naming the flag", () => {
+  const cases: [string, string][] = [
+    ["--max-in-flight-signings", "0"],
+    ["--max-in-flight-signings", "many"],
+    ["--per-identity-signing-rate", "-1"],
+    ["--per-identity-signing-rate", "1e3"],
+    ["--per-identity-signing-burst", "0"],
+    ["--per-identity-signing-burst", "2.5"],
+    ["--workers", "0"],
+    ["--workers", "65"],
+    ["--workers", "two"],
+  ];
+  for (const [flag, value] of cases) {
+    assert.throws(
+      () => parseFlags("server", SERVER_FLAGS, [`${flag}=${value}`], {}),
+      (error: unknown) =>
+        error instanceof FlagError &&
+        error.message.includes(`invalid ${flag}`) &&
+        error.message.includes(value),
+      `${flag} ${value}`,
+    );
+  }
+  const ok = parseFlags(
+    "server",
+    SERVER_FLAGS,
+    ["--per-identity-signing-rate", "0", "--workers", "auto", "--max-in-flight-signings", "64"],
+    {},
+  );
+  assert.equal(ok["per-identity-signing-rate"], 0);
+  assert.equal(ok.workers, "auto");
+  assert.equal(ok["max-in-flight-signings"], 64);
 });
