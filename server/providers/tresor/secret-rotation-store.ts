@@ -140,15 +140,11 @@ export class SecretRotationStore implements RotationStore {
 
   async promote(material: CaMaterial): Promise<void> {
     await this.modify((secret) => {
-      for (const field of FIELDS) {
-        if (decode(secret.data?.[ROOT_KEYS[field]]) !== material[field]) {
-          const data = { ...secret.data };
-          for (const f of FIELDS) data[ROOT_KEYS[f]] = encode(material[f]);
-          secret.data = data;
-          return true;
-        }
-      }
-      return false;
+      if (FIELDS.every((f) => decode(secret.data?.[ROOT_KEYS[f]]) === material[f])) return false;
+      const data = { ...secret.data };
+      for (const f of FIELDS) data[ROOT_KEYS[f]] = encode(material[f]);
+      secret.data = data;
+      return true;
     }, this.plainName);
   }
 
