@@ -142,6 +142,10 @@ async function rotateUnderWebhook(mode: "directory" | "kubernetes"): Promise<voi
     }
   })();
   try {
+    // The rotation starts once the API server holds the webhook's first caBundle (old root alone).
+    const first = Date.now() + 15_000;
+    while (seenBundles.length === 0 && Date.now() < first) await sleep(30);
+    assert.equal(seenBundles.length, 1, "the webhook published its first caBundle");
     const said: string[] = [];
     const rotation = store.rotation;
     assert.ok(rotation !== undefined);
