@@ -46,6 +46,27 @@ async function readyz(admin: string): Promise<number> {
   return response.status;
 }
 
+/** The signing server again, on the address the agents know, after the test killed it. */
+async function restartServer(address: string): Promise<CliProcess> {
+  const server = startCli("server again", [
+    "server",
+    "--ca-dir",
+    caDir,
+    "--listen",
+    address,
+    "--admin-listen",
+    "127.0.0.1:0",
+  ]);
+  try {
+    await server.waitForEvent("server.started");
+  } catch (error) {
+    // The caller's finally still holds the killed process; this one must not outlive the test.
+    await server.stop("SIGKILL");
+    throw error;
+  }
+  return server;
+}
+
 function startAgents(address: string, prefix: string, extra: readonly string[]): CliProcess[] {
   return Array.from({ length: AGENTS }, (_, i) =>
     startBootstrapAgent({
@@ -106,16 +127,7 @@ test("server down longer than a certificate's life: nothing expired served, /rea
     );
     t.diagnostic(`server down ${Date.now() - killedAt} ms; certificates lived ${VALIDITY}`);
 
-    server = startCli("server again", [
-      "server",
-      "--ca-dir",
-      caDir,
-      "--listen",
-      started.address,
-      "--admin-listen",
-      "127.0.0.1:0",
-    ]);
-    await server.waitForEvent("server.started");
+    server = await restartServer(started.address);
     const back = Date.now();
     // The retry comes within the backoff reached in the outage (1, 2, 4, 8 s …), bounded at 30 s.
     const recovered = await Promise.all(envoys.map((e) => e.waitForNew(expiredSerials, 40_000)));
@@ -209,16 +221,7 @@ test("renewals keep working after the agent reconnected with a service certifica
     while (envoy.current === undefined && Date.now() < first) await sleep(50);
     server.child.kill("SIGKILL");
     await server.exited;
-    server = startCli("server again", [
-      "server",
-      "--ca-dir",
-      caDir,
-      "--listen",
-      started.address,
-      "--admin-listen",
-      "127.0.0.1:0",
-    ]);
-    await server.waitForEvent("server.started");
+    server = await restartServer(started.address);
     const back = Date.now();
     // Three lifetimes of renewals after the reconnect.
     await sleep(24_000);
