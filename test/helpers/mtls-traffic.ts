@@ -2,6 +2,7 @@
 // Done-when): an SDS client per agent that follows its stream like Envoy, a TLS listener per
 // workload presenting its served cert, and a loop making a fresh handshake both ways every 50 ms.
 
+import assert from "node:assert/strict";
 import { createHash, X509Certificate } from "node:crypto";
 import { connect, createSecureContext, createServer, type SecureContext, type Server } from "node:tls";
 import { decodeCertificates } from "../../common/pem.js";
@@ -154,4 +155,54 @@ export class Traffic {
     this.on = false;
     await this.running;
   }
+}
+
+/**
+ * Once every workload holds its first secrets (10 s at most): a Listener for each, and Traffic
+ * between the first two. Listeners go into `listeners` as they open, so that the caller's after()
+ * closes them even when this fails.
+ */
+export async function startTraffic(workloads: readonly Workload[], listeners: Listener[]): Promise<Traffic> {
+  const deadline = Date.now() + 10_000;
+  while (workloads.some((w) => w.served === null)) {
+    assert.ok(Date.now() < deadline, "SDS clients got their first secrets");
+    await new Promise((r) => setTimeout(r, 50));
+  }
+  for (const w of workloads) {
+    const l = new Listener(w);
+    await l.listen();
+    listeners.push(l);
+  }
+  const [a, b] = workloads as [Workload, Workload];
+  const [la, lb] = listeners as [Listener, Listener];
+  return new Traffic([a, la, b, lb]);
+}
+
+/** Waits (10 s at most) until no workload's served ROOTCA holds the root `fingerprint`. */
+export async function untilNoWorkloadTrusts(
+  workloads: readonly Workload[],
+  fingerprint: string,
+): Promise<void> {
+  const deadline = Date.now() + 10_000;
+  while (workloads.some((w) => fingerprints(w.served?.rootca ?? "").includes(fingerprint))) {
+    assert.ok(Date.now() < deadline, "ROOTCA without the old root reached both SDS clients");
+    await new Promise((r) => setTimeout(r, 50));
+  }
+}
+
+/** The certificate a signing server at `address` (host:port) presents to a new gRPC (h2) connection. */
+export function servingCertificate(address: string): Promise<X509Certificate> {
+  return new Promise<X509Certificate>((resolve, reject) => {
+    const [host, port] = address.split(":") as [string, string];
+    const socket = connect(
+      { host, port: Number(port), rejectUnauthorized: false, ALPNProtocols: ["h2"] },
+      () => {
+        const peer = socket.getPeerX509Certificate();
+        socket.destroy();
+        if (peer === undefined) reject(new Error("no serving certificate"));
+        else resolve(peer);
+      },
+    );
+    socket.on("error", reject);
+  });
 }

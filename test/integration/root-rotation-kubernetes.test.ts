@@ -16,7 +16,6 @@ import { writeFile } from "node:fs/promises";
 import { createServer } from "node:net";
 import { join } from "node:path";
 import { after, before, describe, test } from "node:test";
-import { connect } from "node:tls";
 import { fileURLToPath } from "node:url";
 import { KubeClient, SECRETS, StaticToken } from "../../server/kubernetes/client.js";
 import { generateRoot } from "../../server/providers/tresor/ca-material.js";
@@ -26,7 +25,16 @@ import {
   SecretRotationStore,
 } from "../../server/providers/tresor/secret-rotation-store.js";
 import { FakeKubeApiServer } from "../fakes/kube-apiserver.js";
-import { fingerprints, Listener, type Served, Traffic, Workload } from "../helpers/mtls-traffic.js";
+import {
+  fingerprints,
+  type Listener,
+  type Served,
+  servingCertificate,
+  startTraffic,
+  type Traffic,
+  untilNoWorkloadTrusts,
+  Workload,
+} from "../helpers/mtls-traffic.js";
 import { tempDir } from "../helpers/pki.js";
 import { CliProcess, runCli, startCli } from "../helpers/processes.js";
 import { TcpBalancer } from "../helpers/tcp-balancer.js";
@@ -184,19 +192,7 @@ describe("root rotation under continuous mTLS traffic (Kubernetes mode, two repl
       await agent.waitForEvent("certificate.rotated", 20_000);
       workloads.push(new Workload(sa as string, socket));
     }
-    const deadline = Date.now() + 10_000;
-    while (workloads.some((w) => w.served === null)) {
-      assert.ok(Date.now() < deadline, "SDS clients got their first secrets");
-      await new Promise((r) => setTimeout(r, 50));
-    }
-    for (const w of workloads) {
-      const l = new Listener(w);
-      await l.listen();
-      listeners.push(l);
-    }
-    const [a, b] = workloads as [Workload, Workload];
-    const [la, lb] = listeners as [Listener, Listener];
-    traffic = new Traffic([a, la, b, lb]);
+    traffic = await startTraffic(workloads, listeners);
   });
 
   after(async () => {
@@ -312,28 +308,12 @@ describe("root rotation under continuous mTLS traffic (Kubernetes mode, two repl
       await new Promise((r) => setTimeout(r, 100));
     }
     for (const replica of replicas) {
-      const served = await new Promise<X509Certificate>((resolve, reject) => {
-        const [host, port] = replica.address.split(":") as [string, string];
-        const socket = connect(
-          { host, port: Number(port), rejectUnauthorized: false, ALPNProtocols: ["h2"] },
-          () => {
-            const peer = socket.getPeerX509Certificate();
-            socket.destroy();
-            if (peer === undefined) reject(new Error("no serving certificate"));
-            else resolve(peer);
-          },
-        );
-        socket.on("error", reject);
-      });
+      const served = await servingCertificate(replica.address);
       assert.ok(served.verify(promoted.publicKey), `${replica.address} serves a cert of the new root`);
     }
 
     // Agents: their open SDS streams saw old, old+new, new, and a new default, without reconnecting.
-    const deadline = Date.now() + 10_000;
-    while (workloads.some((w) => fingerprints(w.served?.rootca ?? "").includes(firstRoot))) {
-      assert.ok(Date.now() < deadline, "ROOTCA without the old root reached both SDS clients");
-      await new Promise((r) => setTimeout(r, 50));
-    }
+    await untilNoWorkloadTrusts(workloads, firstRoot);
     for (const w of workloads) {
       assert.equal(w.stream.error, undefined, `${w.name}: the SDS stream never broke`);
       const shapes = w.rootcaSeen.map((pem) => fingerprints(pem).length);

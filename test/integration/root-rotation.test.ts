@@ -11,8 +11,16 @@ import { X509Certificate } from "node:crypto";
 import { readFile, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { after, before, describe, test } from "node:test";
-import { connect } from "node:tls";
-import { fingerprints, Listener, type Served, Traffic, Workload } from "../helpers/mtls-traffic.js";
+import {
+  fingerprints,
+  type Listener,
+  type Served,
+  servingCertificate,
+  startTraffic,
+  type Traffic,
+  untilNoWorkloadTrusts,
+  Workload,
+} from "../helpers/mtls-traffic.js";
 import { tempDir } from "../helpers/pki.js";
 import { type CliProcess, runCli, startCli, startServerProcess } from "../helpers/processes.js";
 
@@ -29,27 +37,26 @@ describe("root rotation under continuous mTLS traffic (directory mode)", () => {
   let traffic: Traffic | null = null;
   let firstRoot = "";
 
-  const rotate = (args: string[]) =>
-    runCli([
-      "rotate-root",
-      "--ca-dir",
-      caDir,
-      "--server",
-      admin,
-      "--wait-agents",
-      "30s",
-      "--renew-window",
-      "3s",
-      "--service-cert-validity-duration",
-      SERVICE_VALIDITY,
-      "--clock-skew",
-      "1s",
-      "--follow-lag",
-      "2s",
-      "--agent-reconnect-grace",
-      "3s",
-      ...args,
-    ]);
+  const rotateArgs = () => [
+    "rotate-root",
+    "--ca-dir",
+    caDir,
+    "--server",
+    admin,
+    "--wait-agents",
+    "30s",
+    "--renew-window",
+    "3s",
+    "--service-cert-validity-duration",
+    SERVICE_VALIDITY,
+    "--clock-skew",
+    "1s",
+    "--follow-lag",
+    "2s",
+    "--agent-reconnect-grace",
+    "3s",
+  ];
+  const rotate = (args: string[]) => runCli([...rotateArgs(), ...args]);
   const say = (result: { lines: { msg?: string }[] }) => result.lines.map((l) => l.msg ?? "").join("\n");
 
   before(async () => {
@@ -105,19 +112,7 @@ describe("root rotation under continuous mTLS traffic (directory mode)", () => {
       await agent.waitForEvent("certificate.rotated");
       workloads.push(new Workload(sa, socket));
     }
-    const deadline = Date.now() + 10_000;
-    while (workloads.some((w) => w.served === null)) {
-      assert.ok(Date.now() < deadline, "SDS clients got their first secrets");
-      await new Promise((r) => setTimeout(r, 50));
-    }
-    for (const w of workloads) {
-      const l = new Listener(w);
-      await l.listen();
-      listeners.push(l);
-    }
-    const [a, b] = workloads as [Workload, Workload];
-    const [la, lb] = listeners as [Listener, Listener];
-    traffic = new Traffic([a, la, b, lb]);
+    traffic = await startTraffic(workloads, listeners);
   });
 
   after(async () => {
@@ -146,25 +141,7 @@ describe("root rotation under continuous mTLS traffic (directory mode)", () => {
     assert.equal(published.trustBundle.roots.length, 2);
 
     // rotate-root resumes at phase 2, and is SIGKILLed in phase 4.
-    const secondRun = startCli("rotate-root", [
-      "rotate-root",
-      "--ca-dir",
-      caDir,
-      "--server",
-      admin,
-      "--wait-agents",
-      "30s",
-      "--renew-window",
-      "3s",
-      "--service-cert-validity-duration",
-      SERVICE_VALIDITY,
-      "--clock-skew",
-      "1s",
-      "--follow-lag",
-      "2s",
-      "--agent-reconnect-grace",
-      "3s",
-    ]);
+    const secondRun = startCli("rotate-root", rotateArgs());
     await secondRun.waitFor((l) => (l.msg ?? "").includes("phase 4/4: waiting"), 40_000, "phase 4 wait");
     await secondRun.stop("SIGKILL");
     const secondSaid = secondRun.lines.map((l) => l.msg ?? "").join("\n");
@@ -205,19 +182,7 @@ describe("root rotation under continuous mTLS traffic (directory mode)", () => {
       server.lines.filter((l) => l.event === "serving_cert.issued").length >= 2,
       "serving cert issued at start and re-issued when the signing root changed",
     );
-    const served = await new Promise<X509Certificate>((resolve, reject) => {
-      const [host, port] = address.split(":") as [string, string];
-      const socket = connect(
-        { host, port: Number(port), rejectUnauthorized: false, ALPNProtocols: ["h2"] },
-        () => {
-          const peer = socket.getPeerX509Certificate();
-          socket.destroy();
-          if (peer === undefined) reject(new Error("no serving certificate"));
-          else resolve(peer);
-        },
-      );
-      socket.on("error", reject);
-    });
+    const served = await servingCertificate(address);
     const newRoot = new X509Certificate(await readFile(join(caDir, "ca.crt"), "utf8"));
     assert.ok(served.verify(newRoot.publicKey), "the serving certificate is signed by the new root");
     // The plain files now hold the new root too.
@@ -227,11 +192,7 @@ describe("root rotation under continuous mTLS traffic (directory mode)", () => {
     );
 
     // Agents follow within moments; their SDS streams saw old, old+new, new without reconnecting.
-    const deadline = Date.now() + 10_000;
-    while (workloads.some((w) => fingerprints(w.served?.rootca ?? "").includes(firstRoot))) {
-      assert.ok(Date.now() < deadline, "ROOTCA without the old root reached both SDS clients");
-      await new Promise((r) => setTimeout(r, 50));
-    }
+    await untilNoWorkloadTrusts(workloads, firstRoot);
     for (const w of workloads) {
       assert.equal(w.stream.error, undefined, `${w.name}: the SDS stream never broke`);
       const shapes = w.rootcaSeen.map((pem) => fingerprints(pem).length);
