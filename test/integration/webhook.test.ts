@@ -12,13 +12,12 @@ import { setTimeout as sleep } from "node:timers/promises";
 import { connect as tlsConnect } from "node:tls";
 import jsonpatch from "fast-json-patch";
 import { Pod } from "kubernetes-models/v1";
-import { parseFlags } from "../../common/flags.js";
-import { WEBHOOK_FLAGS } from "../../webhook/flags.js";
-import { type RunningWebhook, startWebhook } from "../../webhook/main.js";
+import type { RunningWebhook } from "../../webhook/main.js";
 import { type CapturedLog, captureLog } from "../helpers/log-capture.js";
 import { admissionReview, type Json, osmInjectedPod } from "../helpers/osm-pods.js";
 import { openTestCa, tempDir } from "../helpers/pki.js";
 import { runCli, startCli } from "../helpers/processes.js";
+import { startWebhookWithCaDir } from "../helpers/webhook.js";
 
 const SERVICE_DNS = "osm-cert-webhook.osm-system.svc";
 
@@ -114,22 +113,7 @@ describe("osm-cert webhook over HTTPS", () => {
     const ca = await openTestCa(dir.path);
     rootPem = ca.trustBundle().roots.join("");
     log = captureLog("webhook");
-    const flags = parseFlags(
-      "webhook",
-      WEBHOOK_FLAGS,
-      [
-        "--ca-dir",
-        dir.path,
-        "--listen",
-        "127.0.0.1:0",
-        "--admin-listen",
-        "127.0.0.1:0",
-        "--agent-image",
-        "openservicemesh/osm-cert:0.1.0",
-      ],
-      {},
-    );
-    webhook = await startWebhook(flags, log.logger, stop.signal);
+    webhook = await startWebhookWithCaDir(dir.path, log.logger, stop.signal);
   });
 
   after(async () => {
@@ -311,24 +295,11 @@ test("the serving certificate is renewed without a restart: new connections get 
   const rootPem = ca.trustBundle().roots.join("");
   const log = captureLog("webhook-renewal");
   const stop = new AbortController();
-  const flags = parseFlags(
-    "webhook",
-    WEBHOOK_FLAGS,
-    [
-      "--ca-dir",
-      dir.path,
-      "--listen",
-      "127.0.0.1:0",
-      "--admin-listen",
-      "127.0.0.1:0",
-      "--agent-image",
-      "x/agent:1",
-      "--serving-cert-validity",
-      "20s",
-    ],
-    {},
-  );
-  const webhook = await startWebhook(flags, log.logger, stop.signal, { renewFraction: 0.05 });
+  const webhook = await startWebhookWithCaDir(dir.path, log.logger, stop.signal, {
+    agentImage: "x/agent:1",
+    flags: ["--serving-cert-validity", "20s"],
+    hooks: { renewFraction: 0.05 },
+  });
   try {
     const first = (await send(webhook.address, rootPem, { method: "GET", path: "/" })).peer;
     let renewed = first;

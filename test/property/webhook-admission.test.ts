@@ -10,10 +10,8 @@ import { Writable } from "node:stream";
 import { after, before, test } from "node:test";
 import fc from "fast-check";
 import jsonpatch from "fast-json-patch";
-import { parseFlags } from "../../common/flags.js";
 import { createLogger } from "../../common/logger.js";
-import { WEBHOOK_FLAGS } from "../../webhook/flags.js";
-import { type RunningWebhook, startWebhook } from "../../webhook/main.js";
+import type { RunningWebhook } from "../../webhook/main.js";
 import { admissionReview, type Json, osmInjectedPod } from "../helpers/osm-pods.js";
 import { openTestCa, tempDir } from "../helpers/pki.js";
 import {
@@ -23,6 +21,7 @@ import {
   propertySeed,
   SOAK,
 } from "../helpers/property.js";
+import { startWebhookWithCaDir } from "../helpers/webhook.js";
 
 const RUNS = propertyRuns(150);
 const SERVICE_DNS = "osm-cert-webhook.osm-system.svc";
@@ -41,24 +40,9 @@ before(async () => {
   dir = await tempDir();
   const ca = await openTestCa(dir.path);
   rootPem = ca.trustBundle().roots.join("");
-  const flags = parseFlags(
-    "webhook",
-    WEBHOOK_FLAGS,
-    [
-      "--ca-dir",
-      dir.path,
-      "--listen",
-      "127.0.0.1:0",
-      "--admin-listen",
-      "127.0.0.1:0",
-      "--agent-image",
-      "openservicemesh/osm-cert:0.1.0",
-    ],
-    {},
-  );
   const sink = new Writable({ write: (_c, _e, done) => done() });
-  webhook = await startWebhook(
-    flags,
+  webhook = await startWebhookWithCaDir(
+    dir.path,
     createLogger("webhook-property", { level: "warn", destination: sink }),
     stop.signal,
   );
