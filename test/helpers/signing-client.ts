@@ -1,12 +1,16 @@
-// A raw client of our signing API for tests: any CSR, any client certificate (or none).
+// A raw client of our signing API for tests: any CSR, any client certificate (or none); and the
+// answer a signing server gives bookstore-v2, for tests that stand in for the server.
 
 import * as grpc from "@grpc/grpc-js";
+import { makeIdentity } from "../../common/identity.js";
+import { parseCsrPem } from "../../common/x509/csr.js";
 import {
   type CreateCertificateResponse,
   certificateServiceDefinition,
   msToDuration,
   type TrustBundleMessage,
 } from "../../proto/signing-api.js";
+import type { TresorProvider } from "../../server/providers/tresor/tresor.js";
 import type { KeyedCert } from "./pki.js";
 
 type Untyped = grpc.Client & Record<string, (...args: unknown[]) => unknown>;
@@ -113,4 +117,44 @@ export async function statusOf(call: Promise<unknown>): Promise<{ status: string
     const e = error as grpc.ServiceError;
     return { status: grpc.status[e.code] ?? String(e.code), details: e.details };
   }
+}
+
+/** The workload the unit tests sign for: ServiceAccount bookstore-v2 in namespace bookstore. */
+export const BOOKSTORE_V2 = {
+  identity: makeIdentity("bookstore-v2", "bookstore"),
+  commonName: "bookstore-v2.bookstore.cluster.local",
+  spiffeId: "spiffe://cluster.local/ns/bookstore/sa/bookstore-v2",
+} as const;
+
+/**
+ * A signing server's answer to bookstore-v2's CSR: a leaf from `ca` (any Tresor CA, a rogue one
+ * too) and, when `bundle` is given, that bundle as the answer's trust bundle.
+ */
+export function bookstoreLeafResponse(
+  ca: TresorProvider,
+  csrPem: string,
+  validityMs: number,
+  bundle: readonly string[] | null = null,
+): CreateCertificateResponse {
+  const issued = ca.issueSync({
+    csrPem,
+    csr: parseCsrPem(csrPem),
+    profile: "service",
+    commonName: BOOKSTORE_V2.commonName,
+    dnsNames: [BOOKSTORE_V2.commonName],
+    uris: [BOOKSTORE_V2.spiffeId],
+    ipAddresses: [],
+    validityMs,
+  });
+  return {
+    certificate_chain: [...issued.chainPem],
+    trust_bundle:
+      bundle === null
+        ? null
+        : { trust_domain: "cluster.local", root_certificates: [...bundle], version: "x" },
+    serial_number: issued.serialNumber,
+    not_before: null,
+    not_after: null,
+    validity_clamped: false,
+  };
 }

@@ -10,17 +10,12 @@ import { join } from "node:path";
 import { after, test } from "node:test";
 import { setTimeout as sleep } from "node:timers/promises";
 import { fileURLToPath } from "node:url";
-import { Rotator } from "../../agent/rotator.js";
-import { SecretCache } from "../../agent/secret-cache.js";
-import { AgentTrust } from "../../agent/trust.js";
 import { AdminServer } from "../../common/admin-http.js";
-import { makeIdentity } from "../../common/identity.js";
 import { generateKeyPair } from "../../common/keys.js";
 import { MetricsRegistry } from "../../common/metrics.js";
 import { encodePem } from "../../common/pem.js";
-import { MutableCertificateProvider } from "../../common/tls-material.js";
 import { encodeName } from "../../common/x509/certificate.js";
-import { createCsr, parseCsrPem } from "../../common/x509/csr.js";
+import { createCsr } from "../../common/x509/csr.js";
 import {
   derBitString,
   derImplicitContext,
@@ -34,10 +29,10 @@ import type { CreateCertificateResponse } from "../../proto/signing-api.js";
 import type { TresorProvider } from "../../server/providers/tresor/tresor.js";
 import { captureLog } from "../helpers/log-capture.js";
 import { openTestCa, tempDir } from "../helpers/pki.js";
+import { testRotator } from "../helpers/rotator.js";
+import { bookstoreLeafResponse } from "../helpers/signing-client.js";
 
-const identity = makeIdentity("bookstore-v2", "bookstore");
 const CN = "bookstore-v2.bookstore.cluster.local";
-const SPIFFE = "spiffe://cluster.local/ns/bookstore/sa/bookstore-v2";
 const dirs: Awaited<ReturnType<typeof tempDir>>[] = [];
 after(async () => {
   for (const dir of dirs) await dir.remove();
@@ -53,47 +48,13 @@ async function newCa(): Promise<TresorProvider> {
 function signerFrom(ca: TresorProvider, bundle: readonly string[]) {
   return {
     async createCertificate(csrPem: string, validityMs: number): Promise<CreateCertificateResponse> {
-      const issued = await ca.issue({
-        csrPem,
-        csr: parseCsrPem(csrPem),
-        profile: "service",
-        commonName: CN,
-        dnsNames: [CN],
-        uris: [SPIFFE],
-        ipAddresses: [],
-        validityMs,
-      });
-      return {
-        certificate_chain: [...issued.chainPem],
-        trust_bundle: { trust_domain: "cluster.local", root_certificates: [...bundle], version: "x" },
-        serial_number: issued.serialNumber,
-        not_before: null,
-        not_after: null,
-        validity_clamped: false,
-      } as unknown as CreateCertificateResponse;
+      return bookstoreLeafResponse(ca, csrPem, validityMs, bundle);
     },
   };
 }
 
 function rotatorWith(mesh: TresorProvider, signer: ReturnType<typeof signerFrom>) {
-  const cache = new SecretCache();
-  const tls = new MutableCertificateProvider();
-  const trust = new AgentTrust(cache, tls, mesh.trustBundle().roots.join(""));
-  const rotator = new Rotator({
-    identity,
-    trustDomain: "cluster.local",
-    keyAlgorithm: "ecdsa-p256",
-    validityMs: 3_600_000,
-    rotationFraction: 0.5,
-    signer,
-    cache,
-    trust,
-    tls,
-    bootstrap: null,
-    logger: captureLog().logger,
-    metrics: new MetricsRegistry(),
-  });
-  return { rotator, cache };
+  return testRotator({ roots: mesh.trustBundle().roots.join(""), signer, logger: captureLog().logger });
 }
 
 test("finding 1: a leaf chained to a root carried only in the same answer is refused, and that root is not adopted", async () => {

@@ -6,20 +6,13 @@ import assert from "node:assert/strict";
 import { join } from "node:path";
 import { after, test } from "node:test";
 import { setTimeout as sleep } from "node:timers/promises";
-import { Rotator } from "../../agent/rotator.js";
-import { SecretCache } from "../../agent/secret-cache.js";
-import { AgentTrust } from "../../agent/trust.js";
-import { makeIdentity } from "../../common/identity.js";
-import { MetricsRegistry } from "../../common/metrics.js";
-import { MutableCertificateProvider } from "../../common/tls-material.js";
-import { parseCsrPem } from "../../common/x509/csr.js";
+import type { Rotator } from "../../agent/rotator.js";
 import type { CreateCertificateResponse } from "../../proto/signing-api.js";
 import { captureLog } from "../helpers/log-capture.js";
 import { openTestCa, tempDir } from "../helpers/pki.js";
+import { testRotator } from "../helpers/rotator.js";
+import { bookstoreLeafResponse } from "../helpers/signing-client.js";
 
-const identity = makeIdentity("bookstore-v2", "bookstore");
-const CN = "bookstore-v2.bookstore.cluster.local";
-const SPIFFE = "spiffe://cluster.local/ns/bookstore/sa/bookstore-v2";
 const AGENTS = 1_000;
 const WINDOW_MS = 2_000;
 
@@ -33,45 +26,13 @@ test("1,000 agents told to renew at once spread their requests over the window, 
   const signer = {
     async createCertificate(csrPem: string, validityMs: number): Promise<CreateCertificateResponse> {
       if (counting) calls.push(Date.now());
-      const issued = ca.issueSync({
-        csrPem,
-        csr: parseCsrPem(csrPem),
-        profile: "service",
-        commonName: CN,
-        dnsNames: [CN],
-        uris: [SPIFFE],
-        ipAddresses: [],
-        validityMs,
-      });
-      return {
-        certificate_chain: [...issued.chainPem],
-        trust_bundle: null,
-        serial_number: issued.serialNumber,
-        not_before: null,
-        not_after: null,
-        validity_clamped: false,
-      };
+      return bookstoreLeafResponse(ca, csrPem, validityMs);
     },
   };
   const rotators: Rotator[] = [];
   const log = captureLog();
   for (let i = 0; i < AGENTS + 1; i++) {
-    const cache = new SecretCache();
-    const tls = new MutableCertificateProvider();
-    const rotator = new Rotator({
-      identity,
-      trustDomain: "cluster.local",
-      keyAlgorithm: "ecdsa-p256",
-      validityMs: 3_600_000,
-      rotationFraction: 0.5,
-      signer,
-      cache,
-      trust: new AgentTrust(cache, tls, ca.trustBundle().roots.join("")),
-      tls,
-      bootstrap: null,
-      logger: log.logger,
-      metrics: new MetricsRegistry(),
-    });
+    const { rotator } = testRotator({ roots: ca.trustBundle().roots.join(""), signer, logger: log.logger });
     rotators.push(rotator);
     if (i < AGENTS) await rotator.rotateNow();
   }

@@ -9,14 +9,9 @@ import { join } from "node:path";
 import { after, before, test } from "node:test";
 import { setTimeout as sleep } from "node:timers/promises";
 import * as grpc from "@grpc/grpc-js";
-import { Rotator } from "../../agent/rotator.js";
-import { SecretCache } from "../../agent/secret-cache.js";
 import { retryPushbackMs, SignerClient } from "../../agent/signer-client.js";
-import { AgentTrust } from "../../agent/trust.js";
-import { makeIdentity, signingServerSpiffeId } from "../../common/identity.js";
-import { MetricsRegistry } from "../../common/metrics.js";
+import { signingServerSpiffeId } from "../../common/identity.js";
 import { MutableCertificateProvider } from "../../common/tls-material.js";
-import { parseCsrPem } from "../../common/x509/csr.js";
 import {
   type CreateCertificateRequest,
   type CreateCertificateResponse,
@@ -26,10 +21,9 @@ import type { TresorProvider } from "../../server/providers/tresor/tresor.js";
 import { retryAfter } from "../../server/request-guard.js";
 import { captureLog } from "../helpers/log-capture.js";
 import { issueWithCa, openTestCa, tempDir } from "../helpers/pki.js";
+import { testRotator } from "../helpers/rotator.js";
+import { bookstoreLeafResponse } from "../helpers/signing-client.js";
 
-const identity = makeIdentity("bookstore-v2", "bookstore");
-const CN = "bookstore-v2.bookstore.cluster.local";
-const SPIFFE = "spiffe://cluster.local/ns/bookstore/sa/bookstore-v2";
 const AGENTS = 20;
 const PUSHBACK_MS = 1_000;
 
@@ -65,24 +59,7 @@ before(async () => {
         });
         return;
       }
-      const issued = ca.issueSync({
-        csrPem: call.request.csr,
-        csr: parseCsrPem(call.request.csr),
-        profile: "service",
-        commonName: CN,
-        dnsNames: [CN],
-        uris: [SPIFFE],
-        ipAddresses: [],
-        validityMs: 3_600_000,
-      });
-      callback(null, {
-        certificate_chain: [...issued.chainPem],
-        trust_bundle: null,
-        serial_number: issued.serialNumber,
-        not_before: null,
-        not_after: null,
-        validity_clamped: false,
-      });
+      callback(null, bookstoreLeafResponse(ca, call.request.csr, 3_600_000));
     },
     WatchTrustBundle() {},
     ReportTrustBundle() {},
@@ -122,28 +99,18 @@ test("refused agents wait at least the hint, spread by jitter, then succeed with
   const log = captureLog();
   const root = ca.trustBundle().roots.join("");
   const agents = Array.from({ length: AGENTS }, () => {
-    const cache = new SecretCache();
     const tls = new MutableCertificateProvider();
-    const trust = new AgentTrust(cache, tls, root);
     const signer = new SignerClient({
       target: address,
       tls,
       clientCertificate: false,
       serverSpiffeId: signingServerSpiffeId("cluster.local"),
     });
-    const rotator = new Rotator({
-      identity,
-      trustDomain: "cluster.local",
-      keyAlgorithm: "ecdsa-p256",
-      validityMs: 3_600_000,
-      rotationFraction: 0.5,
+    const { cache, rotator } = testRotator({
+      roots: root,
       signer,
-      cache,
-      trust,
       tls,
-      bootstrap: null,
       logger: log.logger,
-      metrics: new MetricsRegistry(),
       // Without the hint an agent would be back within 10 ms.
       backoff: { baseMs: 5, capMs: 10 },
     });
