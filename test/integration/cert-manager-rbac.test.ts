@@ -6,30 +6,25 @@
 
 import assert from "node:assert/strict";
 import { X509Certificate } from "node:crypto";
-import { writeFile } from "node:fs/promises";
-import { join } from "node:path";
 import { after, before, describe, test } from "node:test";
 import { parseAllDocuments } from "yaml";
-import { KubeClient, type KubeObject, StaticToken } from "../../server/kubernetes/client.js";
 import { FakeKubeApiServer } from "../fakes/kube-apiserver.js";
-import { renderChart } from "../helpers/helm.js";
+import {
+  assertChartRbacSuffices,
+  type ChartObject,
+  chartServerArgs,
+  installChart,
+  renderChart,
+  startChartServer,
+} from "../helpers/helm.js";
 import { serviceCsrPem, tempDir } from "../helpers/pki.js";
-import { type CliProcess, startServerProcess } from "../helpers/processes.js";
+import type { CliProcess } from "../helpers/processes.js";
 import { TestSigningClient } from "../helpers/signing-client.js";
 
 const NS = "osm-system";
 const SA_USER = `system:serviceaccount:${NS}:osm-cert`;
-type Obj = { apiVersion: string; kind: string; metadata: { name: string; namespace?: string } } & Record<
-  string,
-  unknown
->;
-const RBAC_KINDS: Record<string, { plural: string; namespaced: boolean }> = {
-  ServiceAccount: { plural: "serviceaccounts", namespaced: true },
-  ClusterRole: { plural: "clusterroles", namespaced: false },
-  ClusterRoleBinding: { plural: "clusterrolebindings", namespaced: false },
-  Role: { plural: "roles", namespaced: true },
-  RoleBinding: { plural: "rolebindings", namespaced: true },
-};
+/** What this test installs of the chart: its ServiceAccounts and RBAC, nothing else. */
+const RBAC_KINDS = new Set(["ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding"]);
 
 describe("cert-manager mode under the fake API server's RBAC authorizer, granted only what the chart grants", () => {
   let fake: FakeKubeApiServer;
@@ -42,64 +37,27 @@ describe("cert-manager mode under the fake API server's RBAC authorizer, granted
       values: [{ certificateProvider: { kind: "cert-manager" }, webhook: { enabled: false } }],
     });
     if (!rendered.ok) assert.fail(`the chart did not render:\n${rendered.error}`);
-    const objects: Obj[] = Object.values(rendered.manifests).flatMap((text) =>
+    const objects: ChartObject[] = Object.values(rendered.manifests).flatMap((text) =>
       parseAllDocuments(text)
-        .map((doc) => doc.toJS() as Obj | null)
-        .filter((o): o is Obj => o !== null),
+        .map((doc) => doc.toJS() as ChartObject | null)
+        .filter((o): o is ChartObject => o !== null),
     );
     fake = await FakeKubeApiServer.start({ namespaces: [NS, "bookstore"], rbac: true });
-    fake.addToken("installer-token", { username: "kubernetes-admin", groups: ["system:masters"] });
-    const admin = new KubeClient({
-      config: {
-        server: fake.url,
-        caPem: fake.caPem,
-        token: new StaticToken("installer-token", "test"),
-        namespace: NS,
-        source: "test",
-      },
-      retry: { maxAttempts: 1 },
-    });
-    try {
-      for (const kind of Object.keys(RBAC_KINDS)) {
-        for (const object of objects.filter((o) => o.kind === kind)) {
-          const [group, version] = object.apiVersion.includes("/")
-            ? (object.apiVersion.split("/") as [string, string])
-            : ["", object.apiVersion];
-          const { plural, namespaced } = RBAC_KINDS[kind] as { plural: string; namespaced: boolean };
-          await admin.create({ group, version, plural, kind, namespaced }, object as unknown as KubeObject, {
-            ...(namespaced ? { namespace: object.metadata.namespace ?? NS } : {}),
-          });
-        }
-      }
-    } finally {
-      await admin.close();
-    }
+    await installChart(
+      fake,
+      objects.filter((o) => RBAC_KINDS.has(o.kind)),
+      NS,
+    );
     // What the operator sets up (README, cert-manager): the Issuer and the CA bundle Secret.
     fake.seed("issuers", { metadata: { name: "osm-ca", namespace: NS }, spec: { ca: { secretName: "k" } } });
     fake.seed("secrets", {
       metadata: { name: "osm-ca-bundle", namespace: NS },
       data: { "ca.crt": Buffer.from(await fake.certManager.caPem()).toString("base64") },
     });
-    const deployment = objects.find((o) => o.kind === "Deployment" && o.metadata.name === "osm-cert");
-    const [container] = (
-      deployment?.spec as { template: { spec: { containers: { args: string[] }[] } } } | undefined
-    )?.template.spec.containers ?? [{ args: [] }];
-    const args = (container?.args ?? []).filter((a) => a !== "server" && !/^--(admin-)?listen=/.test(a));
+    const args = chartServerArgs(objects);
     assert.ok(args.includes("--certificate-manager=cert-manager"), args.join(" "));
     dir = await tempDir();
-    const kubeconfig = join(dir.path, "kubeconfig.json");
-    await writeFile(
-      kubeconfig,
-      fake.kubeconfig(
-        fake.serviceAccountToken(NS, "osm-cert", { expiresAt: new Date(Date.now() + 86_400_000) }),
-      ),
-    );
-    ({ server, address } = await startServerProcess(null, [
-      ...args,
-      "--server-san=127.0.0.1",
-      "--kubeconfig",
-      kubeconfig,
-    ]));
+    ({ server, address } = await startChartServer(fake, args, dir.path, NS));
   });
 
   after(async () => {
@@ -119,9 +77,7 @@ describe("cert-manager mode under the fake API server's RBAC authorizer, granted
     } finally {
       client.close();
     }
-    const mine = fake.requests.filter((r) => r.user === SA_USER);
-    const used = new Set(mine.map((r) => `${r.verb} ${r.resource}`));
-    for (const needed of [
+    assertChartRbacSuffices(fake, SA_USER, [
       "create certificaterequests",
       "list certificaterequests",
       "watch certificaterequests",
@@ -129,15 +85,7 @@ describe("cert-manager mode under the fake API server's RBAC authorizer, granted
       "get issuers",
       "get secrets",
       "watch secrets",
-    ])
-      assert.ok(used.has(needed), `the server never did "${needed}": ${[...used].join(", ")}`);
-    assert.deepEqual(
-      mine
-        .filter((r) => r.status === 403)
-        .map((r) => `${r.verb} ${r.resource} ${r.namespace ?? ""}/${r.name ?? ""}`),
-      [],
-      "requests the chart's RBAC does not allow",
-    );
+    ]);
     assert.deepEqual(fake.objectsOf("certificaterequests", NS), []);
   });
 });

@@ -6,8 +6,6 @@
 import assert from "node:assert/strict";
 import { X509Certificate } from "node:crypto";
 import { readFileSync } from "node:fs";
-import { writeFile } from "node:fs/promises";
-import { join } from "node:path";
 import { after, before, describe, test } from "node:test";
 import { setTimeout as sleep } from "node:timers/promises";
 import { fileURLToPath } from "node:url";
@@ -31,23 +29,32 @@ import { SERVER_FLAGS } from "../../server/flags.js";
 import {
   isAlreadyExists,
   KubeApiError,
-  KubeClient,
+  type KubeClient,
   type KubeObject,
   type ResourceType,
-  StaticToken,
+  SECRETS,
 } from "../../server/kubernetes/client.js";
 import { WEBHOOK_FLAGS } from "../../webhook/flags.js";
 import { FakeKubeApiServer } from "../fakes/kube-apiserver.js";
-import { type RenderOptions, renderChart } from "../helpers/helm.js";
+import {
+  assertChartRbacSuffices,
+  type ChartObject,
+  CLUSTER_SCOPED,
+  chartServerArgs,
+  inInstallOrder,
+  installChart,
+  installerClient,
+  type RenderOptions,
+  renderChart,
+  serviceAccountClient,
+  startChartServer,
+  typeOf,
+} from "../helpers/helm.js";
 import { tempDir } from "../helpers/pki.js";
-import { type CliProcess, startServerProcess } from "../helpers/processes.js";
+import type { CliProcess } from "../helpers/processes.js";
 import { TestSigningClient } from "../helpers/signing-client.js";
 
-type Obj = Record<string, unknown> & {
-  apiVersion: string;
-  kind: string;
-  metadata: { name: string; namespace?: string; labels?: Record<string, string> };
-};
+type Obj = ChartObject;
 
 const NS = "osm-system";
 const SERVICE_MONITOR_API = "monitoring.coreos.com/v1/ServiceMonitor";
@@ -102,8 +109,6 @@ const MODELS: Record<string, (o: Obj) => { validate(): void }> = {
   "admissionregistration.k8s.io/v1/MutatingWebhookConfiguration": (o) =>
     new MutatingWebhookConfiguration(o as never),
 };
-
-const CLUSTER_SCOPED = new Set(["ClusterRole", "ClusterRoleBinding", "MutatingWebhookConfiguration"]);
 
 async function render(options: RenderOptions = {}): Promise<Obj[]> {
   const result = await renderChart(options);
@@ -778,17 +783,7 @@ describe("Helm chart helm/osm-cert", () => {
     let client: KubeClient;
     before(async () => {
       fake = await FakeKubeApiServer.start({ namespaces: [NS] });
-      fake.addToken("installer-token", { username: "kubernetes-admin", groups: ["system:masters"] });
-      client = new KubeClient({
-        config: {
-          server: fake.url,
-          caPem: fake.caPem,
-          token: new StaticToken("installer-token", "test"),
-          namespace: NS,
-          source: "test",
-        },
-        retry: { maxAttempts: 1 },
-      });
+      client = installerClient(fake, NS);
     });
     after(async () => {
       await fake.close();
@@ -876,53 +871,19 @@ describe("Helm chart helm/osm-cert", () => {
     let dir: Awaited<ReturnType<typeof tempDir>>;
     let server: CliProcess | undefined;
     let address: string;
-    let serverArgs: string[];
     const SA_USER = `system:serviceaccount:${NS}:osm-cert`;
     const MESHED = "bookstore";
+    const forbidden = (error: unknown) => error instanceof KubeApiError && error.status === 403;
 
     before(async () => {
       fake = await FakeKubeApiServer.start({ namespaces: [NS], rbac: true });
-      fake.addToken("installer-token", { username: "kubernetes-admin", groups: ["system:masters"] });
       fake.seed("namespaces", {
         metadata: { name: MESHED, labels: { "openservicemesh.io/monitored-by": "osm" } },
       });
-      const admin = new KubeClient({
-        config: {
-          server: fake.url,
-          caPem: fake.caPem,
-          token: new StaticToken("installer-token", "test"),
-          namespace: NS,
-          source: "test",
-        },
-        retry: { maxAttempts: 1 },
-      });
-      const objects = inInstallOrder(await render());
-      for (const object of objects)
-        await admin.create(typeOf(object), object as unknown as KubeObject, {
-          namespace: object.metadata.namespace,
-        });
-      const [container] = (
-        find(objects, "Deployment", "osm-cert").spec as {
-          template: { spec: { containers: { args: string[] }[] } };
-        }
-      ).template.spec.containers;
-      // The chart's own args; only the listen addresses change, to free loopback ports.
-      serverArgs = (container?.args ?? []).filter((a) => a !== "server" && !/^--(admin-)?listen=/.test(a));
+      const objects = await render();
+      await installChart(fake, objects, NS);
       dir = await tempDir();
-      const kubeconfig = join(dir.path, "kubeconfig.json");
-      const token = fake.serviceAccountToken(NS, "osm-cert", {
-        expiresAt: new Date(Date.now() + 86_400_000),
-      });
-      await writeFile(kubeconfig, fake.kubeconfig(token));
-      const started = await startServerProcess(null, [
-        ...serverArgs,
-        // The test's client dials the loopback address, not the Service name the chart's SANs carry.
-        "--server-san=127.0.0.1",
-        "--kubeconfig",
-        kubeconfig,
-      ]);
-      server = started.server;
-      address = started.address;
+      ({ server, address } = await startChartServer(fake, chartServerArgs(objects), dir.path, NS));
     });
     after(async () => {
       await server?.stop();
@@ -965,9 +926,7 @@ describe("Helm chart helm/osm-cert", () => {
         client.close();
       }
 
-      const mine = fake.requests.filter((r) => r.user === SA_USER);
-      const used = new Set(mine.map((r) => `${r.verb} ${r.resource}`));
-      for (const needed of [
+      assertChartRbacSuffices(fake, SA_USER, [
         "create secrets",
         // Root rotation: every replica follows the rotation Secret by name.
         "watch secrets",
@@ -975,15 +934,7 @@ describe("Helm chart helm/osm-cert", () => {
         "list namespaces",
         "create configmaps",
         "create tokenreviews",
-      ])
-        assert.ok(used.has(needed), `the server never did "${needed}": ${[...used].join(", ")}`);
-      assert.deepEqual(
-        mine
-          .filter((r) => r.status === 403)
-          .map((r) => `${r.verb} ${r.resource} ${r.namespace ?? ""}/${r.name ?? ""}`),
-        [],
-        "requests the chart's RBAC does not allow",
-      );
+      ]);
       assert.deepEqual(
         server?.lines.filter((l) => /forbidden|rbac/i.test(String(l.msg ?? l.event ?? ""))),
         [],
@@ -992,25 +943,7 @@ describe("Helm chart helm/osm-cert", () => {
     });
 
     test("and the authorizer bites: anything beyond the chart's rows is 403 for that ServiceAccount", async () => {
-      const token = fake.serviceAccountToken(NS, "osm-cert");
-      const sa = new KubeClient({
-        config: {
-          server: fake.url,
-          caPem: fake.caPem,
-          token: new StaticToken(token, "test"),
-          namespace: NS,
-          source: "test",
-        },
-        retry: { maxAttempts: 1 },
-      });
-      const SECRETS: ResourceType<KubeObject> = {
-        group: "",
-        version: "v1",
-        plural: "secrets",
-        kind: "Secret",
-        namespaced: true,
-      };
-      const forbidden = (error: unknown) => error instanceof KubeApiError && error.status === 403;
+      const sa = serviceAccountClient(fake, "osm-cert", NS);
       await assert.rejects(
         sa.get(SECRETS, "someone-elses-secret", { namespace: NS }),
         forbidden,
@@ -1036,24 +969,7 @@ describe("Helm chart helm/osm-cert", () => {
     });
 
     test("the webhook's ServiceAccount can do what CONTRACT.md lists (read the root, keep caBundle) and nothing more", async () => {
-      const token = fake.serviceAccountToken(NS, "osm-cert-webhook");
-      const webhook = new KubeClient({
-        config: {
-          server: fake.url,
-          caPem: fake.caPem,
-          token: new StaticToken(token, "test"),
-          namespace: NS,
-          source: "test",
-        },
-        retry: { maxAttempts: 1 },
-      });
-      const SECRETS: ResourceType<KubeObject> = {
-        group: "",
-        version: "v1",
-        plural: "secrets",
-        kind: "Secret",
-        namespaced: true,
-      };
+      const webhook = serviceAccountClient(fake, "osm-cert-webhook", NS);
       const MWC: ResourceType<KubeObject & { webhooks?: { clientConfig: { caBundle?: string } }[] }> = {
         group: "admissionregistration.k8s.io",
         version: "v1",
@@ -1061,7 +977,6 @@ describe("Helm chart helm/osm-cert", () => {
         kind: "MutatingWebhookConfiguration",
         namespaced: false,
       };
-      const forbidden = (error: unknown) => error instanceof KubeApiError && error.status === 403;
       assert.ok(await webhook.get(SECRETS, "osm-ca-bundle", { namespace: NS }));
       const live = await webhook.get(MWC, "osm-cert-injector");
       const caBundle = Buffer.from("the mesh roots, as the webhook writes them").toString("base64");
@@ -1081,52 +996,6 @@ describe("Helm chart helm/osm-cert", () => {
     });
   });
 });
-
-// Helm's install order (pkg/releaseutil/kind_sorter.go); kinds it does not know go last.
-const INSTALL_ORDER = [
-  "NetworkPolicy",
-  "PodDisruptionBudget",
-  "ServiceAccount",
-  "ClusterRole",
-  "ClusterRoleBinding",
-  "Role",
-  "RoleBinding",
-  "Service",
-  "Deployment",
-  "MutatingWebhookConfiguration",
-];
-const PLURALS: Record<string, string> = {
-  ServiceAccount: "serviceaccounts",
-  Service: "services",
-  Deployment: "deployments",
-  PodDisruptionBudget: "poddisruptionbudgets",
-  Role: "roles",
-  RoleBinding: "rolebindings",
-  ClusterRole: "clusterroles",
-  ClusterRoleBinding: "clusterrolebindings",
-  NetworkPolicy: "networkpolicies",
-  ServiceMonitor: "servicemonitors",
-  MutatingWebhookConfiguration: "mutatingwebhookconfigurations",
-};
-
-function typeOf(o: Obj): ResourceType<KubeObject> {
-  const [group, version] = o.apiVersion.includes("/") ? o.apiVersion.split("/") : ["", o.apiVersion];
-  const plural = PLURALS[o.kind];
-  assert.ok(plural, `no resource known for kind ${o.kind}`);
-  return {
-    group: group ?? "",
-    version: version ?? "",
-    plural,
-    kind: o.kind,
-    namespaced: !CLUSTER_SCOPED.has(o.kind),
-  };
-}
-
-function inInstallOrder(objects: Obj[]): Obj[] {
-  const rank = (o: Obj) =>
-    INSTALL_ORDER.includes(o.kind) ? INSTALL_ORDER.indexOf(o.kind) : INSTALL_ORDER.length;
-  return [...objects].sort((a, b) => rank(a) - rank(b));
-}
 
 /** Everything sent is stored as sent (the server may add defaults, never change what was given). */
 function assertContains(actual: unknown, expected: unknown, path: string): void {
