@@ -190,6 +190,28 @@ export async function untilNoWorkloadTrusts(
   }
 }
 
+/**
+ * After a root rotation: `w`'s one SDS stream never broke, its ROOTCA went old → old+new → new,
+ * and its default certificate changed on that stream.
+ */
+export function assertFollowedOnOpenStream(w: Workload): void {
+  assert.equal(w.stream.error, undefined, `${w.name}: the SDS stream never broke`);
+  const shapes = w.rootcaSeen.map((pem) => fingerprints(pem).length);
+  assert.deepEqual(shapes.slice(0, 3), [1, 2, 1], `${w.name}: ROOTCA went old → old+new → new`);
+  assert.ok(w.serialsSeen.size >= 2, `${w.name}: default changed on the open stream`);
+}
+
+/** Stops the traffic, then the workloads' SDS streams and listeners (for an after() hook). */
+export async function stopTraffic(
+  traffic: Traffic | null,
+  workloads: readonly Workload[],
+  listeners: readonly Listener[],
+): Promise<void> {
+  await traffic?.stop();
+  for (const w of workloads) w.stop();
+  for (const l of listeners) l.server.close();
+}
+
 /** The certificate a signing server at `address` (host:port) presents to a new gRPC (h2) connection. */
 export function servingCertificate(address: string): Promise<X509Certificate> {
   return new Promise<X509Certificate>((resolve, reject) => {
