@@ -7,7 +7,10 @@
 // its start and end, and exits 1 if a promise broke.
 //
 // Directory mode (Tresor with a shared CA directory); no Kubernetes API, so no API faults here
-// (those are in test/integration/fault-backends.test.ts).
+// (those are in test/integration/fault-backends.test.ts). The balancer and the checking clients run
+// in processes of their own (harness-processes.ts), so the driver's event loop cannot delay what a
+// client reads. Every gap is explained from the logs: when the agent got the certificate, what it
+// logged in the 40 s before, which replica signed it and when.
 //
 //   OSM_CERT_SOAK_MINUTES   run time (default 30)
 //   OSM_CERT_SOAK_AGENTS    agent processes (default 200)
@@ -18,15 +21,16 @@
 import { readFileSync } from "node:fs";
 import { join } from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
-import { CheckingEnvoy } from "../helpers/checking-envoy.js";
+import type { HeldCertificate } from "../helpers/checking-envoy.js";
 import { tempDir } from "../helpers/pki.js";
 import {
   type CliProcess,
   issueBootstrapDir,
+  type LogLine,
   startBootstrapAgent,
   startServerProcess,
 } from "../helpers/processes.js";
-import { TcpBalancer } from "../helpers/tcp-balancer.js";
+import { BalancerProcess, CheckerProcess, type CheckerReport } from "./harness-processes.js";
 
 const MINUTES = Number(process.env.OSM_CERT_SOAK_MINUTES ?? 30);
 const AGENTS = Number(process.env.OSM_CERT_SOAK_AGENTS ?? 200);
@@ -90,11 +94,12 @@ log(
   `${AGENTS} agents, certificates of ${VALIDITY}, 2 replicas, ${MINUTES} min, a fault every ~${FAULT_EVERY_MS / 1000} s`,
 );
 const replicas = await Promise.all([startReplica(0), startReplica(1)]);
-const balancer = await TcpBalancer.start(replicas.map((r) => r.address));
+const balancer = await BalancerProcess.start(replicas.map((r) => r.address));
 const replicaOf: Tracked[] = replicas.map((r) => r.tracked);
 
 const agentOf: Tracked[] = [];
-const envoys: CheckingEnvoy[] = [];
+/** The Envoy-like clients, one process per start batch. */
+const checkers: CheckerProcess[] = [];
 const socketOf = (i: number) => join(dir.path, `sds-${i}.sock`);
 
 async function startAgent(i: number, generation: number): Promise<Tracked> {
@@ -115,10 +120,8 @@ const startedAt = Date.now();
 for (let first = 0; first < AGENTS; first += START_BATCH) {
   const batch = Array.from({ length: Math.min(START_BATCH, AGENTS - first) }, (_, k) => first + k);
   const started = await Promise.all(batch.map((i) => startAgent(i, 0)));
-  for (const [k, i] of batch.entries()) {
-    agentOf[i] = started[k] as Tracked;
-    envoys[i] = new CheckingEnvoy({ socket: socketOf(i) });
-  }
+  for (const [k, i] of batch.entries()) agentOf[i] = started[k] as Tracked;
+  checkers.push(await CheckerProcess.start(batch.map(socketOf)));
 }
 log(`all ${AGENTS} agents started in ${((Date.now() - startedAt) / 1000).toFixed(1)} s`);
 const generations = new Array<number>(AGENTS).fill(0);
@@ -134,7 +137,7 @@ async function killReplica(signal: NodeJS.Signals): Promise<void> {
   await sleep(2_000 + Math.random() * 6_000);
   const again = await startReplica(index);
   replicaOf[index] = again.tracked;
-  balancer.replace(index, again.address);
+  await balancer.replace(index, again.address);
 }
 
 async function restartAgent(): Promise<void> {
@@ -162,8 +165,9 @@ while (Date.now() < endAt) {
   }
   if (Date.now() - lastReport > 60_000) {
     lastReport = Date.now();
-    const gaps = envoys.reduce((n, e) => n + e.gaps, 0);
-    const invalid = envoys.reduce((n, e) => n + e.invalidServed, 0);
+    const seen = await Promise.all(checkers.map((c) => c.summary()));
+    const gaps = seen.reduce((n, s) => n + s.gaps, 0);
+    const invalid = seen.reduce((n, s) => n + s.invalid, 0);
     log(`progress: ${rotations()} rotations, gaps ${gaps}, expired served ${invalid}`);
   }
 }
@@ -176,21 +180,23 @@ function rotations(): number {
     .filter((p) => p.name.startsWith("agent"))
     .reduce((n, p) => n + p.proc.lines.filter((l) => l.event === "certificate.rotated").length, 0);
 }
+const envoys: CheckerReport[] = (await Promise.all(checkers.map((c) => c.reports()))).flat();
+const current = (e: CheckerReport) => e.held.at(-1);
+const isGap = (v: string) => v.startsWith("gap");
+const isInvalid = (v: string) => v.startsWith("invalid");
 const now = Date.now();
-const stale = envoys.filter((e) => e.current === undefined || e.current.notAfter <= now).length;
+const stale = envoys.filter((e) => (current(e)?.notAfter ?? 0) <= now).length;
 if (stale > 0) broken.push(`${stale} SDS clients hold no valid certificate at the end`);
 for (const [i, e] of envoys.entries()) {
-  if (e.current !== undefined && e.current.notAfter > now) continue;
+  if ((current(e)?.notAfter ?? 0) > now) continue;
   const last = (agentOf[i] as Tracked).proc.lines.filter((l) => (l.level ?? 0) >= 40).at(-1);
   log(
-    `agent ${i}: holds ${e.current?.serial ?? "nothing"} (notAfter ${new Date(e.current?.notAfter ?? 0).toISOString()}); last warning: ${JSON.stringify(last)}`,
+    `agent ${i}: holds ${current(e)?.serial ?? "nothing"} (notAfter ${new Date(current(e)?.notAfter ?? 0).toISOString()}); last warning: ${JSON.stringify(last)}`,
   );
 }
-const gaps = envoys.reduce((n, e) => n + e.gaps, 0);
-const invalid = envoys.reduce((n, e) => n + e.invalidServed, 0);
-const otherViolations = envoys.flatMap((e) =>
-  e.violations.filter((v) => !v.startsWith("gap") && !v.startsWith("invalid")),
-);
+const gaps = envoys.reduce((n, e) => n + e.violations.filter(isGap).length, 0);
+const invalid = envoys.reduce((n, e) => n + e.violations.filter(isInvalid).length, 0);
+const otherViolations = envoys.flatMap((e) => e.violations.filter((v) => !isGap(v) && !isInvalid(v)));
 const reconnects = envoys.reduce((n, e) => n + e.reconnects, 0);
 const serialsSeen = envoys.reduce((n, e) => n + new Set(e.held.map((h) => h.serial)).size, 0);
 if (gaps > 0) broken.push(`${gaps} gaps seen by SDS clients`);
@@ -199,20 +205,67 @@ for (const v of otherViolations.slice(0, 10)) broken.push(v);
 for (const [i, e] of envoys.entries()) {
   if (e.violations.length === 0) continue;
   for (const v of e.violations.slice(0, 2)) log(`agent ${i} violation: ${v}`);
-  // What the agent was doing: its warnings, to tell a server outage from an agent stuck.
-  const warnings = processes
-    .filter((p) => p.name.startsWith(`agent ${i}.`))
-    .flatMap((p) => p.proc.lines.filter((l) => (l.level ?? 0) >= 40));
-  for (const w of warnings.slice(-6)) {
-    log(
-      `  agent ${i} ${new Date(Number(w.time)).toISOString()} ${w.event} ${w.status ?? ""} ${w.error ?? w.msg}`,
-    );
+  for (const held of lateArrivals(e).slice(0, 2)) explainGap(i, held);
+}
+
+/** When agent `i` (any generation) logged that it obtained certificate `serial`. */
+function agentRotation(i: number, serial: string): number | undefined {
+  for (const p of processes.filter((t) => t.name.startsWith(`agent ${i}.`))) {
+    const line = p.proc.lines.find((l) => l.event === "certificate.rotated" && l.serial === serial);
+    if (line !== undefined) return Number(line.time);
+  }
+  return undefined;
+}
+
+/**
+ * Gaps the agent itself caused: the certificate reached the agent after the one it replaces had
+ * expired. The rest were read late by the checking client.
+ */
+function agentLateGaps(i: number, envoy: CheckerReport): number {
+  return envoy.held.filter((h, k) => {
+    const previous = envoy.held[k - 1];
+    if (previous === undefined || previous.serial === h.serial || h.receivedAt < previous.notAfter)
+      return false;
+    return (agentRotation(i, h.serial) ?? Number.POSITIVE_INFINITY) >= previous.notAfter;
+  }).length;
+}
+
+/** Certificates that arrived after the one before had expired. */
+function lateArrivals(envoy: CheckerReport): HeldCertificate[] {
+  return envoy.held.filter((h, k) => {
+    const previous = envoy.held[k - 1];
+    return previous !== undefined && previous.serial !== h.serial && h.receivedAt >= previous.notAfter;
+  });
+}
+
+/**
+ * What led to a gap, from the logs: everything agent `i` logged in the 40 s before the late
+ * certificate arrived, which replica signed it and when, and what the replicas did meanwhile.
+ */
+function explainGap(i: number, late: HeldCertificate): void {
+  const from = late.receivedAt - 40_000;
+  const inWindow = (l: LogLine) => Number(l.time) >= from && Number(l.time) <= late.receivedAt + 1_000;
+  const show = (who: string, l: LogLine) => {
+    const { time, level, event, msg, pid, hostname, ...rest } = l;
+    log(`  ${who} ${new Date(Number(time)).toISOString()} ${event ?? msg} ${JSON.stringify(rest)}`);
+  };
+  const rotated = agentRotation(i, late.serial);
+  log(
+    `  agent ${i}: ${late.serial} arrived ${new Date(late.receivedAt).toISOString()}; the agent had it at ${rotated === undefined ? "?" : new Date(rotated).toISOString()}; its log before:`,
+  );
+  for (const p of processes.filter((t) => t.name.startsWith(`agent ${i}.`)))
+    for (const l of p.proc.lines.filter(inWindow)) show(p.name, l);
+  for (const p of processes.filter((t) => t.name.startsWith("replica"))) {
+    for (const l of p.proc.lines.filter(inWindow)) {
+      const signedIt = l.event === "certificate.issued" && String(l.serial).toUpperCase() === late.serial;
+      if (signedIt || (l.event !== "certificate.issued" && (l.level ?? 0) >= 30)) show(p.name, l);
+    }
   }
 }
 
 const live = processes.filter((p) => !p.stoppedByUs);
 for (const p of live) p.endRssMb = rssMb(p.proc.child.pid);
-await Promise.all(envoys.map((e) => e.close()));
+await Promise.all(checkers.map((c) => c.close()));
 await Promise.all(live.map((p) => stop(p, "SIGTERM")));
 await balancer.close();
 
@@ -237,7 +290,8 @@ log(`faults injected: ${JSON.stringify(faults)}`);
 log(
   `rotations done (certificate.rotated in agent logs): ${rotations()}; certificates seen by SDS clients: ${serialsSeen}; SDS reconnects: ${reconnects}`,
 );
-log(`gaps seen by SDS clients: ${gaps}`);
+const agentLate = envoys.reduce((n, e, i) => n + agentLateGaps(i, e), 0);
+log(`gaps seen by SDS clients: ${gaps} (the agent had the new certificate only after expiry: ${agentLate})`);
 log(`expired certificates served: ${invalid}`);
 log(
   `agent RSS at start: ${summary(longLived, (p) => p.startRssMb)}; at end: ${summary(longLived, (p) => p.endRssMb)} (${longLived.length} agents that ran throughout)`,
