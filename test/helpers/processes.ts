@@ -23,7 +23,11 @@ export async function startServerProcess(caDir: string | null, extra: readonly s
     "127.0.0.1:0",
     ...extra,
   ]);
-  const started = await server.waitForEvent("server.started");
+  // A server that never says it started is stopped, not left running behind a failed test.
+  const started = await server.waitForEvent("server.started").catch(async (error: Error) => {
+    await server.stop("SIGKILL");
+    throw error;
+  });
   return { server, address: started.address as string, admin: started.admin as string };
 }
 

@@ -148,8 +148,9 @@ describe("root rotation under continuous mTLS traffic (Kubernetes mode, two repl
         admin: `127.0.0.1:${await freePort()}`,
         process: undefined as unknown as CliProcess,
       };
-      await startReplica(replica);
+      // Tracked before it starts: after() stops a replica that never came up, too.
       replicas.push(replica);
+      await startReplica(replica);
     }
     balancer = await TcpBalancer.start(replicas.map((r) => r.address));
     const caCert = Buffer.from((await secret("osm-ca-bundle"))?.data["ca.crt"] ?? "", "base64").toString();
