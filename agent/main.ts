@@ -22,6 +22,7 @@ import { quote } from "../common/quote.js";
 import { MutableCertificateProvider } from "../common/tls-material.js";
 import { readCertificateNames } from "../common/x509/certificate-names.js";
 import { AGENT_FLAGS } from "./flags.js";
+import { exposedGc, ReleasedConnectionCollector } from "./native-memory.js";
 import { ProjectedToken } from "./projected-token.js";
 import { Rotator } from "./rotator.js";
 import { SdsServer } from "./sds/sds-server.js";
@@ -139,12 +140,15 @@ async function startParts(
   const cache = new SecretCache();
   const tls = new MutableCertificateProvider();
   const trust = new AgentTrust(cache, tls, caBundle);
+  const collector = new ReleasedConnectionCollector(exposedGc());
+  stops.push(() => collector.close());
   const signer = new SignerClient({
     target: flags.server,
     tls,
     clientCertificate: bootstrap !== null,
     token: token === null ? undefined : () => token.current(),
     serverSpiffeId: signingServerSpiffeId(flags["trust-domain"]),
+    onChannelReleased: () => collector.connectionReleased(),
   });
   stops.push(() => signer.close());
   const rotator = new Rotator({

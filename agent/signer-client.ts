@@ -54,6 +54,11 @@ export interface SignerClientOptions {
    * hostname check: a workload's certificate can be valid for a DNS name, never for this ID.
    */
   readonly serverSpiffeId: string;
+  /**
+   * Told each time an old channel is let go (useCurrentIdentity), so that its connection's native
+   * memory can be collected soon (native-memory.ts).
+   */
+  readonly onChannelReleased?: () => void;
 }
 
 type GenericClient = grpc.Client & Record<string, (...args: unknown[]) => unknown>;
@@ -72,6 +77,7 @@ export class SignerClient {
   /** The channel of the identity installed last: every new call goes over it. */
   private client: GenericClient;
   private readonly make: () => GenericClient;
+  private readonly onChannelReleased: () => void;
   private readonly watches = new Set<Watch>();
   /** Random per process: ties this agent's bundle reports to its watch stream on the server. */
   readonly agentId = randomUUID();
@@ -107,6 +113,7 @@ export class SignerClient {
         "grpc.use_local_subchannel_pool": 1,
       }) as GenericClient;
     this.client = this.make();
+    this.onChannelReleased = options.onChannelReleased ?? (() => {});
   }
 
   /**
@@ -120,6 +127,7 @@ export class SignerClient {
     // Calls in flight on the old channel continue (grpc-js); new ones cannot start there. Nothing
     // here waits for the old connection, so a dead server cannot hold the agent.
     old.close();
+    this.onChannelReleased();
   }
 
   createCertificate(

@@ -1,14 +1,14 @@
 // The agent's figures (issue 12): 4 RSS with 100 SDS streams after 100 rotations against a bare
 // `node` read once idle, 5 start -> first secret against `node -e 0`, 6 a rotation's fan-out to
 // 1,000 open SDS streams. The agent runs as the chart runs it: the bundled `osm-cert agent` with
-// the injected container's NODE_OPTIONS (common/agent-node-options.ts).
+// the injected container's environment, NODE_OPTIONS and malloc's settings (common/agent-node-options.ts).
 
 import { execFileSync, spawn } from "node:child_process";
 import { once } from "node:events";
 import { existsSync } from "node:fs";
 import { join } from "node:path";
 import { performance } from "node:perf_hooks";
-import { AGENT_NODE_OPTIONS } from "../common/agent-node-options.js";
+import { AGENT_ENV, AGENT_NODE_OPTIONS } from "../common/agent-node-options.js";
 import { connectSds, SdsStream } from "../test/helpers/envoy-sds-client.js";
 import { type CliProcess, runCli, startCli } from "../test/helpers/processes.js";
 import { type Figure, median, rssMb, sleep, spread, startServer } from "./measure.js";
@@ -105,7 +105,8 @@ async function waitUntil(
 
 export async function agentFigures(o: AgentBenchOptions): Promise<Figure[]> {
   const nodeOptions = o.nodeOptions ?? AGENT_NODE_OPTIONS;
-  const env: NodeJS.ProcessEnv = { NODE_OPTIONS: nodeOptions };
+  // The injected container's environment (NODE_OPTIONS and malloc's settings), one source for both.
+  const env: NodeJS.ProcessEnv = { ...AGENT_ENV, NODE_OPTIONS: nodeOptions };
   const caDir = join(o.dir, "agent-ca");
   const server = await startServer(["--ca-dir", caDir]);
   const agents: CliProcess[] = [];
@@ -163,7 +164,9 @@ export async function agentFigures(o: AgentBenchOptions): Promise<Figure[]> {
       agent.lines.filter((line) => line.event === "certificate.rotated").length;
 
     console.log(
-      `## 4-6. agent (the bundle, NODE_OPTIONS="${nodeOptions}", as the injected container runs it)`,
+      `## 4-6. agent (the bundle, ${Object.entries(env)
+        .map(([name, value]) => `${name}="${value}"`)
+        .join(" ")}, as the injected container runs it)`,
     );
     for (let run = 0; run < o.runs; run++) {
       const bare = await bareNode();

@@ -1,7 +1,7 @@
 // What the webhook adds to a meshed pod (CONTRACT.md "Injected agent"): the agent as a native
 // sidecar and its three volumes. Pure data built from the configuration, no pod input.
 
-import { AGENT_NODE_OPTIONS } from "../common/agent-node-options.js";
+import { AGENT_ENV } from "../common/agent-node-options.js";
 
 export const AGENT_CONTAINER = "osm-cert-agent";
 export const SDS_VOLUME = "osm-cert-sds";
@@ -88,8 +88,9 @@ export function agentContainer(config: InjectionConfig): Record<string, unknown>
     env: [
       { name: "POD_NAMESPACE", valueFrom: { fieldRef: { fieldPath: "metadata.namespace" } } },
       { name: "SERVICE_ACCOUNT", valueFrom: { fieldRef: { fieldPath: "spec.serviceAccountName" } } },
-      // The V8 flags the bundle's code cache was made under (common/agent-node-options.ts).
-      { name: "NODE_OPTIONS", value: AGENT_NODE_OPTIONS },
+      // NODE_OPTIONS (the V8 flags the bundle's code cache was made under) and glibc malloc's
+      // thresholds (common/agent-node-options.ts).
+      ...Object.entries(AGENT_ENV).map(([name, value]) => ({ name, value })),
     ],
     resources: {
       requests: { cpu: config.resources.cpuRequest, memory: config.resources.memoryRequest },
