@@ -276,6 +276,14 @@ test("5xx and dropped connections are retried for reads until success; giving up
     const error = (await rejection(client.get(CONFIG_MAPS, "x", { namespace: NS }))) as KubeApiError;
     assert.equal(error.status, 500);
     assert.equal(error.reason, "InternalError");
+    // Which request, which server, and the API's own words: enough for a start-up line or a log.
+    assert.match(
+      error.message,
+      new RegExp(
+        `^get configmaps "x" in namespace ${NS}: the API server at ${fake.url} answered 500 InternalError: .+`,
+      ),
+    );
+    assert.equal(error.statusMessage.includes("the API server at"), false, "statusMessage stays the API's");
     assert.equal(fake.count({ verb: "get", status: 500 }), 5, "the default policy makes 5 attempts");
   });
 });
