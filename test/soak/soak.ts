@@ -68,6 +68,18 @@ const FAULTS = (
     ? "replica-kill,replica-term,agent-restart,api-outage,api-slow"
     : "replica-kill,replica-term,agent-restart")
 ).split(",");
+const KNOWN_FAULTS =
+  MODE === "kubernetes"
+    ? ["replica-kill", "replica-term", "agent-restart", "api-outage", "api-slow"]
+    : ["replica-kill", "replica-term", "agent-restart"];
+for (const fault of FAULTS) {
+  if (!KNOWN_FAULTS.includes(fault)) {
+    process.stderr.write(
+      `OSM_CERT_SOAK_FAULTS: ${fault} is not a fault of ${MODE} mode (${KNOWN_FAULTS.join(", ")})\n`,
+    );
+    process.exit(2);
+  }
+}
 /** Agents started at once: a fleet coming up in waves, not one fork bomb on two cores. */
 const START_BATCH = 20;
 
@@ -329,7 +341,12 @@ log(
   `${MODE} mode: ${AGENTS} agents, certificates of ${VALIDITY}, 2 replicas, ${MINUTES} min, a fault every ~${FAULT_EVERY_MS / 1000} s (${FAULTS.join(", ")})`,
 );
 const replicas = await Promise.all([startReplica(0), startReplica(1)]);
-const balancer = await TcpBalancer.start(replicas.map((r) => r.address));
+// Kubernetes mode: agents reach the replicas from many addresses, as pods do, so the server's
+// per-address TokenReview budget applies per caller rather than to the whole fleet at once.
+const balancer = await TcpBalancer.start(
+  replicas.map((r) => r.address),
+  { spreadSourceAddresses: MODE === "kubernetes" },
+);
 const replicaOf: Tracked[] = replicas.map((r) => r.tracked);
 
 const agentOf: Tracked[] = [];
@@ -469,8 +486,8 @@ while (Date.now() < endAt) {
     if (pick === "replica-kill") await killReplica("SIGKILL");
     else if (pick === "replica-term") await killReplica("SIGTERM");
     else if (pick === "agent-restart") await restartAgent();
-    else if (pick === "api-outage" && MODE === "kubernetes") apiFault("outage");
-    else if (pick === "api-slow" && MODE === "kubernetes") apiFault("slow");
+    else if (pick === "api-outage") apiFault("outage");
+    else if (pick === "api-slow") apiFault("slow");
     else throw new Error(`unknown fault ${pick} in OSM_CERT_SOAK_FAULTS`);
   } catch (error) {
     broken.push(`fault injection failed: ${(error as Error).message}`);
