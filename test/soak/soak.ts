@@ -12,7 +12,8 @@
 // - kubernetes: both replicas on --kubeconfig against the fake API server process
 //   (test/fakes/kube-apiserver-process.ts), the root in the osm-ca-bundle Secret, leader election
 //   on a Lease; agents authenticate with projected ServiceAccount tokens (kubelet's `..data` layout,
-//   10-minute tokens refreshed at 80 % of their life, several ServiceAccounts in three namespaces),
+//   10-minute tokens refreshed at 80 % of their life, several ServiceAccounts in three namespaces,
+//   connecting from 250 loopback addresses as pods from their own IPs),
 //   which every replica checks with a TokenReview (positive answers cached 60 s per token and
 //   replica, server/token-review.ts). Extra faults, started in the background so they overlap
 //   the others: `api-outage` (for 5-20 s the API answers everything with 503 ServiceUnavailable,
