@@ -1126,6 +1126,10 @@ export class KubeClient {
       message = `unauthorized: the API server at ${this.config.server} rejected our credentials (${credential}, from ${this.config.source})`;
     } else if (statusObject === undefined) {
       message = `${spec.verb} ${describeTarget(spec)}: HTTP ${status}: ${statusMessage}`;
+    } else if (status >= 500 || status === 429) {
+      // The API's own words ("the server is currently unable to handle the request") do not say
+      // which server, nor what we were doing: a start-up line or a log must name both.
+      message = `${spec.verb} ${describeTarget(spec)}: the API server at ${this.config.server} answered ${status} ${reason}: ${statusMessage}`;
     }
     return new KubeApiError(
       message,

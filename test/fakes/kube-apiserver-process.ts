@@ -58,6 +58,14 @@ const control = createServer((req, res) => {
         // Every request waits this long before it is answered (an overloaded or partitioned API server).
         fake.latencyMs = Number(input.ms ?? 0);
         return reply(200, {});
+      case "POST /hold":
+        // No answer at all until /clear: a partitioned or wedged API server.
+        fake.holdRequests();
+        return reply(200, {});
+      case "POST /drop-watches":
+        // Open watches break mid-stream, as when the API server behind a load balancer restarts.
+        fake.dropWatches();
+        return reply(200, {});
       case "POST /disconnect":
         fake.disconnectNext(Number(input.count ?? 1), {
           match: (input.match as FaultMatch | undefined) ?? {},

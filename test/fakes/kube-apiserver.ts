@@ -953,6 +953,8 @@ export class FakeKubeApiServer {
   readonly requests: RecordedRequest[] = [];
   /** Added before every request is handled. */
   latencyMs = 0;
+  /** While set, every request waits unanswered until clearFaults (a partition that heals). */
+  private held: { readonly until: Promise<void>; readonly release: () => void } | undefined;
 
   private readonly objects = new Map<string, Stored>();
   private readonly tokens = new Map<string, TokenRecord>();
@@ -1181,7 +1183,23 @@ export class FakeKubeApiServer {
     };
   }
 
+  /**
+   * Every request from now on (and any already waiting on latency) gets no answer until
+   * clearFaults: the connection stays open and silent, as behind a network partition. When it
+   * heals, the held requests are handled normally (a client that gave up meanwhile has gone).
+   */
+  holdRequests(): void {
+    if (this.held !== undefined) return;
+    let release = () => {};
+    const until = new Promise<void>((resolve) => {
+      release = resolve;
+    });
+    this.held = { until, release };
+  }
+
   clearFaults(): void {
+    this.held?.release();
+    this.held = undefined;
     this.statusFaults = [];
     this.disconnectFaults = [];
     this.denials.clear();
@@ -1306,6 +1324,7 @@ export class FakeKubeApiServer {
     const ctx: Context = { req, res, path: url.pathname + url.search, recorded: false };
     try {
       if (this.latencyMs > 0) await sleep(this.latencyMs);
+      if (this.held !== undefined) await this.held.until;
       if (url.pathname === "/version" && req.method === "GET") {
         this.reply(ctx, 200, {
           major: "1",

@@ -5,6 +5,15 @@
 
 import { createConnection, createServer, type Server, type Socket } from "node:net";
 
+export interface TcpBalancerOptions {
+  /**
+   * Connect to a backend from 127.0.0.2–127.0.0.251 (picked by the client's port) instead of
+   * 127.0.0.1, so a replica sees callers spread over many addresses, as pods have their own IPs.
+   * Linux routes all of 127/8 to loopback.
+   */
+  readonly spreadSourceAddresses?: boolean;
+}
+
 export class TcpBalancer {
   private next = 0;
   private readonly sockets = new Set<Socket>();
@@ -14,13 +23,14 @@ export class TcpBalancer {
   private constructor(
     private readonly server: Server,
     readonly backends: string[],
+    private readonly options: TcpBalancerOptions,
   ) {
     this.connections = backends.map(() => 0);
   }
 
-  static async start(backends: readonly string[]): Promise<TcpBalancer> {
+  static async start(backends: readonly string[], options: TcpBalancerOptions = {}): Promise<TcpBalancer> {
     const server = createServer();
-    const balancer = new TcpBalancer(server, [...backends]);
+    const balancer = new TcpBalancer(server, [...backends], options);
     server.on("connection", (client) => balancer.accept(client));
     await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
     return balancer;
@@ -53,7 +63,13 @@ export class TcpBalancer {
       }
       const index = (first + tried) % this.backends.length;
       const [host, port] = splitHostPort(this.backends[index] as string);
-      const upstream = createConnection({ host, port });
+      const upstream = createConnection({
+        host,
+        port,
+        ...(this.options.spreadSourceAddresses
+          ? { localAddress: `127.0.0.${2 + ((client.remotePort ?? 0) % 250)}` }
+          : {}),
+      });
       const refused = () => attempt(tried + 1);
       upstream.once("error", refused);
       upstream.once("connect", () => {

@@ -9,7 +9,7 @@
 import { type ChildProcess, fork } from "node:child_process";
 import { fileURLToPath } from "node:url";
 import { CheckingEnvoy, type HeldCertificate } from "../helpers/checking-envoy.js";
-import { TcpBalancer } from "../helpers/tcp-balancer.js";
+import { TcpBalancer, type TcpBalancerOptions } from "../helpers/tcp-balancer.js";
 
 /** What one checking client saw. */
 export interface CheckerReport {
@@ -67,8 +67,11 @@ export class BalancerProcess {
     readonly address: string,
   ) {}
 
-  static async start(backends: readonly string[]): Promise<BalancerProcess> {
-    const child = Child.start("balancer", backends);
+  static async start(
+    backends: readonly string[],
+    options: TcpBalancerOptions = {},
+  ): Promise<BalancerProcess> {
+    const child = Child.start("balancer", [JSON.stringify(options), ...backends]);
     return new BalancerProcess(child, await child.ask<string>("address"));
   }
 
@@ -121,8 +124,8 @@ function serve(handlers: Record<string, (args: unknown) => unknown>): void {
   });
 }
 
-async function runBalancer(backends: string[]): Promise<void> {
-  const balancer = await TcpBalancer.start(backends);
+async function runBalancer([options, ...backends]: string[]): Promise<void> {
+  const balancer = await TcpBalancer.start(backends, JSON.parse(options ?? "{}") as TcpBalancerOptions);
   serve({
     address: () => balancer.address,
     replace: (args) => {

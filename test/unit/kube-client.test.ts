@@ -276,6 +276,14 @@ test("5xx and dropped connections are retried for reads until success; giving up
     const error = (await rejection(client.get(CONFIG_MAPS, "x", { namespace: NS }))) as KubeApiError;
     assert.equal(error.status, 500);
     assert.equal(error.reason, "InternalError");
+    // Which request, which server, and the API's own words: enough for a start-up line or a log.
+    assert.match(
+      error.message,
+      new RegExp(
+        `^get configmaps "x" in namespace ${NS}: the API server at ${fake.url} answered 500 InternalError: .+`,
+      ),
+    );
+    assert.equal(error.statusMessage.includes("the API server at"), false, "statusMessage stays the API's");
     assert.equal(fake.count({ verb: "get", status: 500 }), 5, "the default policy makes 5 attempts");
   });
 });
@@ -290,6 +298,26 @@ test("429 honours Retry-After, even for a create (throttled requests were never 
     assert.equal(fake.count({ verb: "create", status: 429 }), 1);
     assert.equal(fake.count({ verb: "create", status: 201 }), 1);
   });
+});
+
+test("an API server that answers nothing: each attempt times out, the give-up is bounded; once it heals, answers come", async () => {
+  await withCluster(
+    async ({ fake, client }) => {
+      await client.create(CONFIG_MAPS, configMap("held"));
+      fake.holdRequests();
+      const started = performance.now();
+      const error = await rejection(client.get(CONFIG_MAPS, "held", { namespace: NS }));
+      const elapsed = performance.now() - started;
+      assert.ok(error instanceof KubeConnectionError, String(error));
+      // Two attempts of 300 ms each and one short backoff: well under the seconds a hang would take.
+      assert.ok(elapsed >= 550 && elapsed < 5_000, `gave up after ${Math.round(elapsed)} ms`);
+      const waiting = client.get(CONFIG_MAPS, "held", { namespace: NS });
+      await new Promise((resolve) => setTimeout(resolve, 100));
+      fake.clearFaults();
+      assert.equal((await waiting).metadata?.name, "held", "a request held over the heal is answered");
+    },
+    { requestTimeoutMs: 300, retry: { ...FAST_RETRY, maxAttempts: 2 } },
+  );
 });
 
 test("a create that may have landed is not repeated: 500 and a lost response surface at once", async () => {
