@@ -51,6 +51,12 @@ for (const name of only) {
     process.exit(2);
   }
 }
+for (const mode of values["storm-mode"] ?? []) {
+  if (mode !== "bootstrap" && mode !== "token") {
+    console.error(`--storm-mode ${mode}: not one of bootstrap, token`);
+    process.exit(2);
+  }
+}
 const dir = mkdtempSync(join(tmpdir(), "osm-cert-bench-"));
 const options = {
   dir,
