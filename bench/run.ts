@@ -36,6 +36,10 @@ const { values } = parseArgs({
     seconds: { type: "string", default: "5" },
     "storm-pods": { type: "string", default: "10000" },
     "storm-window": { type: "string", default: "500" },
+    // The storm's credential kinds (bootstrap, token), its server's --workers, and a --cpu-prof split.
+    "storm-mode": { type: "string", multiple: true },
+    "storm-workers": { type: "string", default: "2" },
+    "storm-profile": { type: "boolean", default: false },
     // Overrides the chart's NODE_OPTIONS for the agent ("" for none).
     "agent-node-options": { type: "string" },
   },
@@ -47,6 +51,12 @@ for (const name of only) {
     process.exit(2);
   }
 }
+for (const mode of values["storm-mode"] ?? []) {
+  if (mode !== "bootstrap" && mode !== "token") {
+    console.error(`--storm-mode ${mode}: not one of bootstrap, token`);
+    process.exit(2);
+  }
+}
 const dir = mkdtempSync(join(tmpdir(), "osm-cert-bench-"));
 const options = {
   dir,
@@ -54,6 +64,9 @@ const options = {
   seconds: Number(values.seconds),
   stormPods: Number(values["storm-pods"]),
   stormWindow: Number(values["storm-window"]),
+  stormModes: values["storm-mode"] as ("bootstrap" | "token")[] | undefined,
+  stormWorkers: values["storm-workers"],
+  stormProfile: values["storm-profile"],
 };
 
 console.log(

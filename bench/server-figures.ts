@@ -32,6 +32,12 @@ export interface ServerBenchOptions {
   readonly seconds: number;
   readonly stormPods: number;
   readonly stormWindow: number;
+  /** Which credential kinds the storm runs (both by default). */
+  readonly stormModes?: readonly ("bootstrap" | "token")[];
+  /** --workers of the storm's server ("2" by default, the chart's two replicas on one address). */
+  readonly stormWorkers?: string;
+  /** Profile the storm's server (--cpu-prof) and print the CPU split of a first contact. */
+  readonly stormProfile?: boolean;
 }
 
 const identity = makeIdentity("bench", "bench");
@@ -323,7 +329,7 @@ export async function figureStorm(o: ServerBenchOptions): Promise<Figure[]> {
   );
   const figures: Figure[] = [];
   try {
-    for (const mode of ["bootstrap", "token"] as const) {
+    for (const mode of o.stormModes ?? (["bootstrap", "token"] as const)) {
       const seconds: number[] = [];
       const p99: number[] = [];
       const rss: number[] = [];
@@ -331,13 +337,20 @@ export async function figureStorm(o: ServerBenchOptions): Promise<Figure[]> {
       let retries = 0;
       for (let run = 0; run < o.runs; run++) {
         // The chart's default: 2 replicas of one worker each; here, on one machine, one address with 2 workers.
-        const server = await startServer([
-          "--ca-dir",
-          s.caDir,
-          "--workers",
-          "2",
-          ...(mode === "token" ? ["--kubeconfig", kubeconfig, "--trust-bundle-configmap-name", ""] : []),
-        ]);
+        const profDir = join(o.dir, `storm-prof-${mode}-${run}`);
+        const server = await startServer(
+          [
+            "--ca-dir",
+            s.caDir,
+            "--workers",
+            o.stormWorkers ?? "2",
+            ...(mode === "token" ? ["--kubeconfig", kubeconfig, "--trust-bundle-configmap-name", ""] : []),
+          ],
+          o.stormProfile === true ? { nodeArgs: ["--cpu-prof", "--cpu-prof-dir", profDir] } : {},
+        );
+        let ok = 0;
+        let fromUs = 0;
+        let toUs = Number.POSITIVE_INFINITY;
         try {
           const load = await runLoad(
             o.dir,
@@ -351,18 +364,22 @@ export async function figureStorm(o: ServerBenchOptions): Promise<Figure[]> {
             server.pids,
           );
           const r = load.result;
+          ok = r.ok;
+          fromUs = (load.windowStartedAt - server.spawnedAt) * 1000;
+          toUs = fromUs + r.wallSeconds * 1e6;
           seconds.push(r.wallSeconds);
           p99.push(r.latencyMs.p99);
           rss.push(load.serverRssMb);
           errors += r.errors;
           retries += r.retries;
           console.log(
-            `  ${mode} run ${run + 1}: ${r.ok} signed in ${r.wallSeconds.toFixed(1)} s (${perSecond(r.ok / r.wallSeconds)}), ${r.errors} errors, ${r.retries} retries; latency p50 ${r.latencyMs.p50.toFixed(0)} ms, p99 ${r.latencyMs.p99.toFixed(0)} ms; server CPU ${load.serverCpuSeconds.toFixed(1)} s, RSS peak ${load.serverRssMb.toFixed(0)} MB (all processes); load generator CPU ${r.cpuSeconds.toFixed(1)} s`,
+            `  ${mode} run ${run + 1}: ${r.ok} signed in ${r.wallSeconds.toFixed(1)} s (${perSecond(r.ok / r.wallSeconds)}), ${r.errors} errors, ${r.retries} retries; latency p50 ${r.latencyMs.p50.toFixed(0)} ms, p99 ${r.latencyMs.p99.toFixed(0)} ms; server CPU ${load.serverCpuSeconds.toFixed(1)} s (${((load.serverCpuSeconds / Math.max(1, r.ok)) * 1000).toFixed(2)} ms per identity), RSS peak ${load.serverRssMb.toFixed(0)} MB (all processes); load generator CPU ${r.cpuSeconds.toFixed(1)} s`,
           );
           if (r.errors > 0) console.log(`    errors: ${r.errorSamples.join(" | ")}`);
         } finally {
           await server.stop();
         }
+        if (o.stormProfile === true) printProfiles(profDir, fromUs, toUs, ok);
       }
       figures.push({
         n: 3,
@@ -449,6 +466,30 @@ export async function figureProfile(o: ServerBenchOptions, cores: CoresFigure | 
     });
   }
   return figures;
+}
+
+/** The CPU split of every profile in `dir` (one per server process), per identity signed. */
+function printProfiles(dir: string, fromUs: number, toUs: number, ok: number): void {
+  const split = new Map<string, number>();
+  const top = new Map<string, number>();
+  for (const file of readdirSync(dir).filter((f) => f.endsWith(".cpuprofile"))) {
+    const profile = JSON.parse(readFileSync(join(dir, file), "utf8")) as CpuProfile;
+    for (const [category, us] of cpuSplit(profile, fromUs, toUs, top)) {
+      split.set(category, (split.get(category) ?? 0) + us);
+    }
+  }
+  const busy = [...split.values()].reduce((a, b) => a + b, 0);
+  console.log(
+    `    profile: ${(busy / 1e6).toFixed(2)} s busy for ${ok} identities = ${(busy / Math.max(1, ok)).toFixed(0)} µs each`,
+  );
+  for (const [category, us] of [...split].sort((a, b) => b[1] - a[1])) {
+    console.log(
+      `      ${category.padEnd(52)} ${((us / busy) * 100).toFixed(1).padStart(5)} %  ${(us / Math.max(1, ok)).toFixed(0).padStart(5)} µs`,
+    );
+  }
+  for (const [name, us] of [...top].sort((a, b) => b[1] - a[1]).slice(0, 25)) {
+    console.log(`      ${((us / busy) * 100).toFixed(1).padStart(5)} %  ${name}`);
+  }
 }
 
 interface CpuProfile {

@@ -29,6 +29,7 @@ import { type CaStore, TresorProvider } from "./providers/tresor/tresor.js";
 import { openVaultProvider } from "./providers/vault/config.js";
 import { followRenewOrders, renewOrderStore } from "./renew/follow-renew-orders.js";
 import { RequestGuard } from "./request-guard.js";
+import { meshServerCredentials } from "./server-credentials.js";
 import { ServingCertificate } from "./serving-certificate.js";
 import { SigningLimits } from "./signing-limits.js";
 import { SigningService } from "./signing-service.js";
@@ -343,9 +344,8 @@ export async function startServer(
   });
   signing.register(server);
 
-  // Client certificates are requested but not required by TLS: the handler decides, so callers
-  // without one get UNAUTHENTICATED with a reason instead of a bare handshake failure.
-  const credentials = grpc.experimental.createCertificateProviderServerCredentials(tls, tls, false);
+  // Client certificates requested, not required (the handler decides); no session tickets (first contact's cost).
+  const credentials = meshServerCredentials(tls, tls);
   const port = await new Promise<number>((resolve, reject) =>
     server.bindAsync(flags.listen, credentials, (error, bound) => (error ? reject(error) : resolve(bound))),
   );

@@ -5,6 +5,7 @@
 import { readFile } from "node:fs/promises";
 import { dirname, resolve } from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
+import { createSecureContext, type SecureContext } from "node:tls";
 import { Agent, type Dispatcher } from "undici";
 import { parse as parseYaml } from "yaml";
 import type { Logger } from "../../common/logger.js";
@@ -704,10 +705,22 @@ export class KubeClient {
   private makeAgent(): Agent {
     const tls = this.config;
     const certificate = this.clientCertificate;
+    const material = {
+      ...(tls.caPem === undefined ? {} : { ca: tls.caPem }),
+      ...(certificate ? { cert: certificate.certPem, key: certificate.keyPem } : {}),
+    };
+    // One SecureContext for every connection: given only `ca`, node:tls parses the CA (and key)
+    // into a new one per connection, ≈ 1 ms each, and a token storm opens many (one TokenReview
+    // in flight per connection). Material it cannot parse keeps failing per connection, as before.
+    let context: { secureContext: SecureContext } | typeof material;
+    try {
+      context = { secureContext: createSecureContext(material) };
+    } catch {
+      context = material;
+    }
     return new Agent({
       connect: {
-        ...(tls.caPem === undefined ? {} : { ca: tls.caPem }),
-        ...(certificate ? { cert: certificate.certPem, key: certificate.keyPem } : {}),
+        ...context,
         ...(tls.tlsServerName ? { servername: tls.tlsServerName } : {}),
         timeout: 10_000,
       },

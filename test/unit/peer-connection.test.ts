@@ -16,6 +16,7 @@ import { type AuthnResult, ClientCertificateAuthenticator } from "../../server/a
 import { hasVerifiedClientCertificate, tlsConnectionOf } from "../../server/peer-connection.js";
 import type { TresorProvider } from "../../server/providers/tresor/tresor.js";
 import { RequestGuard } from "../../server/request-guard.js";
+import { meshServerCredentials } from "../../server/server-credentials.js";
 import { bootstrapCert, issueWithCa, type KeyedCert, openTestCa, tempDir } from "../helpers/pki.js";
 import { statusOf, TestSigningClient } from "../helpers/signing-client.js";
 
@@ -73,7 +74,7 @@ before(async () => {
   const tls = new MutableCertificateProvider();
   tls.setCaCertificates(rootPem);
   tls.setIdentity(serving.certPem, serving.keyPem);
-  const credentials = grpc.experimental.createCertificateProviderServerCredentials(tls, tls, false);
+  const credentials = meshServerCredentials(tls, tls);
   const port = await new Promise<number>((resolve, reject) =>
     server.bindAsync("127.0.0.1:0", credentials, (e, p) => (e ? reject(e) : resolve(p))),
   );
