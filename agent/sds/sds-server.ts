@@ -22,10 +22,10 @@ import {
   type DiscoveryRequest,
   type DiscoveryResponse,
   type EncodedMessage,
-  encodeDiscoveryResources,
-  encodeDiscoveryResponse,
+  encodeSharedResponse,
   SECRET_TYPE_URL,
   secretDiscoveryServiceDefinition,
+  withNonce,
 } from "../../proto/envoy-sds.js";
 import type { SecretCache, SecretSnapshot } from "../secret-cache.js";
 import { SecretResources } from "./resources.js";
@@ -118,7 +118,10 @@ export class SdsServer {
   private readonly deltaStreams = new Set<DeltaStream>();
   /** FetchSecrets calls waiting for a first valid certificate. */
   private readonly fetchWaiters = new Set<() => void>();
-  /** Encoded `resources` by content key ("name@version" lines), for the current cache version. */
+  /**
+   * Encoded responses without their nonce, by cache version and content key ("name@version"
+   * lines): one encoding per resource set and version, whatever the number of streams.
+   */
   private readonly encodedSets = new Map<string, Buffer>();
   private server: grpc.Server | undefined;
   private socketPath: string | undefined;
@@ -271,14 +274,19 @@ export class SdsServer {
     return resources.length === 0 ? null : { resources, content };
   }
 
-  /** The wire form of a set of resources, shared by every stream asking for the same set. */
-  private encodedSet(collected: { resources: AnyMessage[]; content: string }): Buffer {
-    let bytes = this.encodedSets.get(collected.content);
+  /** The wire form of a response but its nonce, shared by every stream asking for the same set. */
+  private sharedResponse(version: string, collected: { resources: AnyMessage[]; content: string }): Buffer {
+    const key = `${version}\n${collected.content}`;
+    let bytes = this.encodedSets.get(key);
     if (bytes === undefined) {
       // Bounded: names are chosen by clients, and old sets are useless after a change anyway.
       if (this.encodedSets.size >= MAX_ENCODED_SETS) this.encodedSets.clear();
-      bytes = encodeDiscoveryResources(collected.resources);
-      this.encodedSets.set(collected.content, bytes);
+      bytes = encodeSharedResponse({
+        version_info: version,
+        type_url: SECRET_TYPE_URL,
+        resources: collected.resources,
+      });
+      this.encodedSets.set(key, bytes);
     }
     return bytes;
   }
@@ -426,12 +434,7 @@ export class SdsServer {
     stream.lastVersionSent = version;
     stream.lastContent = collected.content;
     stream.responsePending = false;
-    stream.call.write(
-      encodeDiscoveryResponse(
-        { version_info: version, type_url: SECRET_TYPE_URL, nonce },
-        this.encodedSet(collected),
-      ),
-    );
+    stream.call.write(withNonce(this.sharedResponse(version, collected), nonce));
     // The write's backpressure signal is ignored on purpose: a response is a few KB, a change comes
     // at most every few hours, and Envoy reads promptly; queueing it is the right thing either way.
     this.pushes.inc();
