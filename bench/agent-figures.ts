@@ -160,7 +160,7 @@ async function measureFanout(agent: CliProcess, socket: string, pushLoops: numbe
       const changedAt = (push.time as number) - (push.ms as number);
       const arrivals = streams.map((s) => s.find((t) => t >= changedAt - 1) ?? Number.POSITIVE_INFINITY);
       runFanouts.push(Math.max(...arrivals) - changedAt);
-      pushLoops.push(push.writingMs as number);
+      pushLoops.push((push.writingMs ?? push.ms) as number); // agents before slicing logged only ms
     }
     return runFanouts;
   } finally {
