@@ -8,16 +8,28 @@ import { once } from "node:events";
 import { existsSync } from "node:fs";
 import { join } from "node:path";
 import { performance } from "node:perf_hooks";
+import { fileURLToPath } from "node:url";
 import { AGENT_ENV, AGENT_NODE_OPTIONS } from "../common/agent-node-options.js";
 import { connectSds, SdsStream } from "../test/helpers/envoy-sds-client.js";
 import { type CliProcess, runCli, startCli } from "../test/helpers/processes.js";
-import { type Figure, median, rssMb, sleep, spread, startServer } from "./measure.js";
+import {
+  type Figure,
+  median,
+  rssMb,
+  type Spawned,
+  sleep,
+  spawnJsonLines,
+  spread,
+  startServer,
+} from "./measure.js";
 
 export interface AgentBenchOptions {
   readonly dir: string;
   readonly runs: number;
   /** Overrides the chart's NODE_OPTIONS for the agent ("" for none). */
   readonly nodeOptions: string | undefined;
+  /** Only figure 6 (`--only fanout`): no bare-node references, starts or 100-rotation scenario. */
+  readonly fanoutOnly?: boolean;
 }
 
 const STARTS_PER_RUN = 3;
@@ -25,6 +37,9 @@ const ROTATIONS = 100;
 const SCENARIO_STREAMS = 100;
 const FANOUT_STREAMS = 1_000;
 const FANOUT_ROTATIONS = 5;
+/** Client processes the fan-out's streams are spread over (one connection each). */
+const FANOUT_PROCESSES = 2;
+const FANOUT_CLIENT = fileURLToPath(new URL("./sds-fanout-client.js", import.meta.url));
 // Short certificates so that 100 rotations take about half a minute: 2 s asked for (the server
 // truncates notAfter to whole seconds, so 1-2 s remain), renewed after 20 % of what remains.
 const FAST_ROTATION = ["--cert-validity", "2s", "--rotation-fraction", "0.2"];
@@ -103,6 +118,56 @@ async function waitUntil(
   }
 }
 
+/**
+ * Figure 6 on a running agent: FANOUT_STREAMS streams opened by FANOUT_PROCESSES client processes
+ * (bench/sds-fanout-client.ts: one connection each, Envoy's flow-control windows, receipt stamped
+ * when the message is handed over), FANOUT_ROTATIONS pushes that reached all of them, and for each
+ * the time from the change in the agent (its `sds.pushed` line's time minus the push loop's
+ * duration) to the last stream's receipt. The clients share the machine's cores with the agent,
+ * as Envoy does, but no longer decode 1,000 responses one after another in the process that also
+ * drives the benchmark.
+ */
+async function measureFanout(agent: CliProcess, socket: string, pushLoops: number[]): Promise<number[]> {
+  const clients: Spawned[] = [];
+  try {
+    const perProcess = FANOUT_STREAMS / FANOUT_PROCESSES;
+    for (let i = 0; i < FANOUT_PROCESSES; i++)
+      clients.push(spawnJsonLines(process.execPath, [FANOUT_CLIENT, socket, String(perProcess)]));
+    await Promise.all(clients.map((c) => c.next("ready", 60_000)));
+    const from = agent.lines.length;
+    const fullPushes = () =>
+      agent.lines
+        .slice(from)
+        .filter((line) => line.event === "sds.pushed" && line.streams === FANOUT_STREAMS);
+    await waitUntil(
+      `${FANOUT_ROTATIONS} pushes to ${FANOUT_STREAMS} streams`,
+      () => fullPushes().length >= FANOUT_ROTATIONS + 1,
+      120_000,
+    );
+    await sleep(500);
+    const streams: number[][] = [];
+    let failed = 0;
+    for (const client of clients) {
+      const receipts = client.next("receipts", 30_000);
+      client.child.kill("SIGTERM");
+      const line = await receipts;
+      streams.push(...(line.received as number[][]));
+      failed += line.failed as number;
+    }
+    if (failed > 0) throw new Error(`${failed} SDS streams failed during the fan-out`);
+    const runFanouts: number[] = [];
+    for (const push of fullPushes().slice(0, FANOUT_ROTATIONS)) {
+      const changedAt = (push.time as number) - (push.ms as number);
+      const arrivals = streams.map((s) => s.find((t) => t >= changedAt - 1) ?? Number.POSITIVE_INFINITY);
+      runFanouts.push(Math.max(...arrivals) - changedAt);
+      pushLoops.push((push.writingMs ?? push.ms) as number); // agents before slicing logged only ms
+    }
+    return runFanouts;
+  } finally {
+    for (const client of clients) await client.stop();
+  }
+}
+
 export async function agentFigures(o: AgentBenchOptions): Promise<Figure[]> {
   const nodeOptions = o.nodeOptions ?? AGENT_NODE_OPTIONS;
   // The injected container's environment (NODE_OPTIONS and malloc's settings), one source for both.
@@ -168,7 +233,15 @@ export async function agentFigures(o: AgentBenchOptions): Promise<Figure[]> {
         .map(([name, value]) => `${name}="${value}"`)
         .join(" ")}, as the injected container runs it)`,
     );
-    for (let run = 0; run < o.runs; run++) {
+    for (let run = 0; run < o.runs && o.fanoutOnly === true; run++) {
+      const { agent, socket } = startAgent(FAST_ROTATION);
+      await agent.waitForEvent("certificate.rotated", 30_000);
+      const runFanouts = await measureFanout(agent, socket, pushLoops);
+      fanouts.push(median(runFanouts));
+      await agent.stop();
+      console.log(`  run ${run + 1}: fan-out to ${FANOUT_STREAMS} streams ${runFanouts.map(ms).join(", ")}`);
+    }
+    for (let run = 0; run < o.runs && o.fanoutOnly !== true; run++) {
       const bare = await bareNode();
       bareRss.push(bare.rss);
       bareStart.push(bare.startMs);
@@ -204,44 +277,33 @@ export async function agentFigures(o: AgentBenchOptions): Promise<Figure[]> {
       }
       scenarioRss.push(median(samples));
 
-      // 6. Fan-out: change in the agent -> the last of 1,000 streams has it (this process's latency included).
-      for (let i = streams.length; i < FANOUT_STREAMS; i++)
-        streams.push(new FollowedStream(connectSds(socket)));
-      await waitUntil(
-        `a response on all ${FANOUT_STREAMS} streams`,
-        () => streams.every((s) => s.received.length > 0),
-        60_000,
-      );
-      const from = agent.lines.length;
-      const fullPushes = () =>
-        agent.lines
-          .slice(from)
-          .filter((line) => line.event === "sds.pushed" && line.streams === FANOUT_STREAMS);
-      await waitUntil(
-        `${FANOUT_ROTATIONS} pushes to ${FANOUT_STREAMS} streams`,
-        () => fullPushes().length >= FANOUT_ROTATIONS + 1,
-        120_000,
-      );
-      await sleep(500);
-      const runFanouts: number[] = [];
-      for (const push of fullPushes().slice(0, FANOUT_ROTATIONS)) {
-        const changedAt = (push.time as number) - (push.ms as number);
-        const arrivals = streams.map(
-          (s) => s.received.find((t) => t >= changedAt - 1) ?? Number.POSITIVE_INFINITY,
-        );
-        runFanouts.push(Math.max(...arrivals) - changedAt);
-        pushLoops.push(push.ms as number);
-      }
-      fanouts.push(median(runFanouts));
+      const failedStreams = streams.filter((s) => s.failure).length;
       for (const s of streams) s.close();
+      // 6. Fan-out: change in the agent -> the last of 1,000 streams (in client processes) has it.
+      const runFanouts = await measureFanout(agent, socket, pushLoops);
+      fanouts.push(median(runFanouts));
       await agent.stop();
       console.log(
-        `  run ${run + 1}: bare node RSS ${mb(bare.rss)}, node -e 0 ${ms(bare.startMs)}; start -> first secret ${startMs.slice(-STARTS_PER_RUN).map(ms).join(", ")}; RSS with ${SCENARIO_STREAMS} streams after ${ROTATIONS} rotations ${mb(scenarioRss.at(-1) as number)} (${times((scenarioRss.at(-1) as number) / bare.rss)}); fan-out to ${FANOUT_STREAMS} streams ${runFanouts.map(ms).join(", ")} (${streams.filter((s) => s.failure).length} failed streams)`,
+        `  run ${run + 1}: bare node RSS ${mb(bare.rss)}, node -e 0 ${ms(bare.startMs)}; start -> first secret ${startMs.slice(-STARTS_PER_RUN).map(ms).join(", ")}; RSS with ${SCENARIO_STREAMS} streams after ${ROTATIONS} rotations ${mb(scenarioRss.at(-1) as number)} (${times((scenarioRss.at(-1) as number) / bare.rss)}); ${failedStreams} failed streams; fan-out to ${FANOUT_STREAMS} streams ${runFanouts.map(ms).join(", ")}`,
       );
     }
   } finally {
     for (const agent of agents) await agent.stop();
     await server.stop();
+  }
+  const fanoutFigure: Figure = {
+    n: 6,
+    what: `rotation → last of ${FANOUT_STREAMS} SDS streams`,
+    measured: spread(fanouts, ms),
+    reference: "–",
+    ratio: "–",
+    target: "≤ 100 ms",
+    met: median(fanouts) <= 100,
+  };
+  const fanoutLine = `  => 6. fan-out to ${FANOUT_STREAMS} streams ${spread(fanouts, ms)} (target <= 100 ms; the agent's own writing ${ms(median(pushLoops))})`;
+  if (o.fanoutOnly === true) {
+    console.log(fanoutLine);
+    return [fanoutFigure];
   }
   const rssRatio = scenarioRss.map((x, i) => x / (bareRss[i] as number));
   const startRatio = startMs.map((x) => x / median(bareStart));
@@ -251,9 +313,7 @@ export async function agentFigures(o: AgentBenchOptions): Promise<Figure[]> {
   console.log(
     `  => 5. start -> first secret ${spread(startMs, ms)} = ${spread(startRatio, times)} node -e 0 ${spread(bareStart, ms)} (target <= 3 x)`,
   );
-  console.log(
-    `  => 6. fan-out to ${FANOUT_STREAMS} streams ${spread(fanouts, ms)} (target <= 100 ms; the agent's own push loop ${ms(median(pushLoops))})`,
-  );
+  console.log(fanoutLine);
   return [
     {
       n: 4,
@@ -273,14 +333,6 @@ export async function agentFigures(o: AgentBenchOptions): Promise<Figure[]> {
       target: "≤ 3 ×",
       met: median(startRatio) <= 3,
     },
-    {
-      n: 6,
-      what: `rotation → last of ${FANOUT_STREAMS} SDS streams`,
-      measured: spread(fanouts, ms),
-      reference: "–",
-      ratio: "–",
-      target: "≤ 100 ms",
-      met: median(fanouts) <= 100,
-    },
+    fanoutFigure,
   ];
 }

@@ -8,6 +8,7 @@
 //               certificate, then token with a TokenReview per identity against the fake API server)
 //   agent    4-6 agent RSS after 100 rotations with 100 streams vs bare node; start -> first secret
 //               vs `node -e 0`; a rotation's fan-out to 1,000 SDS streams
+//   fanout   6  figure 6 alone (a fresh agent, 1,000 streams, 5 rotations per run)
 //   profile  7  server RSS at rest and under figure 2's load; CPU split per CSR from --cpu-prof
 //
 // The load generator runs in a process of its own (bench/loadgen.ts); its CPU is reported apart.
@@ -27,7 +28,7 @@ import {
   type SigningFigure,
 } from "./server-figures.js";
 
-const NAMES = ["signing", "cores", "storm", "agent", "profile"] as const;
+const NAMES = ["signing", "cores", "storm", "agent", "fanout", "profile"] as const;
 
 const { values } = parseArgs({
   options: {
@@ -44,7 +45,8 @@ const { values } = parseArgs({
     "agent-node-options": { type: "string" },
   },
 });
-const only = new Set(values.only ?? NAMES);
+// `fanout` is part of `agent`; it runs on its own only when asked for.
+const only = new Set(values.only ?? NAMES.filter((name) => name !== "fanout"));
 for (const name of only) {
   if (!(NAMES as readonly string[]).includes(name)) {
     console.error(`--only ${name}: not one of ${NAMES.join(", ")}`);
@@ -96,6 +98,13 @@ try {
       agentFigures({ ...options, nodeOptions: values["agent-node-options"] }),
     )) ?? []),
   );
+  if (!only.has("agent")) {
+    figures.push(
+      ...((await step("fanout", () =>
+        agentFigures({ ...options, nodeOptions: values["agent-node-options"], fanoutOnly: true }),
+      )) ?? []),
+    );
+  }
   figures.push(...((await step("profile", () => figureProfile(options, cores))) ?? []));
 } finally {
   killAll();

@@ -143,21 +143,24 @@ export function encodeSecret(secret: Secret): Buffer {
   return encode(load().secret, secret);
 }
 
-/** The `resources` of a DiscoveryResponse in wire form, to be shared by many responses. */
-export function encodeDiscoveryResources(resources: AnyMessage[]): Buffer {
-  return encode(load().discoveryResponse, { resources });
+/**
+ * Everything but the nonce of a DiscoveryResponse, in wire form: what every stream sent the same
+ * resources at the same version shares, encoded once and completed per stream by withNonce.
+ */
+export function encodeSharedResponse(fields: Omit<DiscoveryResponse, "nonce">): Buffer {
+  return encode(load().discoveryResponse, fields);
 }
 
 /**
- * A DiscoveryResponse from its per-stream fields and shared, pre-encoded resources. Protobuf
- * defines the concatenation of two encodings as their merge, so this is the same message as
- * encoding everything at once — built from the canonical definition, with no field numbers of ours.
+ * `shared` (encodeSharedResponse) completed with a stream's nonce. Protobuf defines the
+ * concatenation of two encodings as their merge, so this is the same message as encoding
+ * everything at once — built from the canonical definition, with no field numbers of ours. The
+ * nonce alone goes through the encoder (no fromObject: a plain object with one string field is
+ * what protobufjs's generated encoder reads).
  */
-export function encodeDiscoveryResponse(
-  fields: Omit<DiscoveryResponse, "resources">,
-  encodedResources: Buffer,
-): EncodedMessage {
-  return new EncodedMessage(Buffer.concat([encode(load().discoveryResponse, fields), encodedResources]));
+export function withNonce(shared: Buffer, nonce: string): EncodedMessage {
+  const tail = load().discoveryResponse.encode({ nonce }).finish();
+  return new EncodedMessage(Buffer.concat([shared, tail], shared.length + tail.length));
 }
 
 /** Decodes a Secret from an Any's `value` (absent fields stay undefined). */

@@ -4,7 +4,8 @@
 // runs without TLS. Envoy opens one stream per secret config; hundreds on one socket are normal, and
 // a rotation must reach all of them at once (DESIGN.md §12: 1,000 streams within 100 ms). That is
 // why there is one cache listener for the whole server, Secrets are encoded once per change (see
-// resources.ts), and each stream's protocol state is a handful of fields.
+// resources.ts), a response but its nonce once per resource set, each stream's protocol state is a
+// handful of fields, and the writes go out in slices (onCacheChange).
 
 import { chmod, lstat, stat, unlink } from "node:fs/promises";
 import { connect } from "node:net";
@@ -22,10 +23,10 @@ import {
   type DiscoveryRequest,
   type DiscoveryResponse,
   type EncodedMessage,
-  encodeDiscoveryResources,
-  encodeDiscoveryResponse,
+  encodeSharedResponse,
   SECRET_TYPE_URL,
   secretDiscoveryServiceDefinition,
+  withNonce,
 } from "../../proto/envoy-sds.js";
 import type { SecretCache, SecretSnapshot } from "../secret-cache.js";
 import { SecretResources } from "./resources.js";
@@ -36,6 +37,8 @@ const FETCH_MAX_WAIT_MS = 10_000;
 const FETCH_DEADLINE_MARGIN_MS = 25;
 /** Distinct resource sets kept encoded at once (Envoy asks for a handful). */
 const MAX_ENCODED_SETS = 64;
+/** Streams written to per turn of the event loop when a change fans out. */
+const FANOUT_SLICE = 100;
 /** close() lets streams end gracefully for this long before cutting connections. */
 const SHUTDOWN_GRACE_MS = 2_000;
 /**
@@ -118,13 +121,18 @@ export class SdsServer {
   private readonly deltaStreams = new Set<DeltaStream>();
   /** FetchSecrets calls waiting for a first valid certificate. */
   private readonly fetchWaiters = new Set<() => void>();
-  /** Encoded `resources` by content key ("name@version" lines), for the current cache version. */
+  /**
+   * Encoded responses without their nonce, by cache version and content key ("name@version"
+   * lines): one encoding per resource set and version, whatever the number of streams.
+   */
   private readonly encodedSets = new Map<string, Buffer>();
   private server: grpc.Server | undefined;
   private socketPath: string | undefined;
   private closing = false;
   private nextStreamId = 0;
   private nonceCounter = 0;
+  /** Increases on every change; a fan-out still in progress stops when a newer one starts. */
+  private fanoutGeneration = 0;
 
   constructor(options: SdsServerOptions) {
     this.cache = options.cache;
@@ -221,31 +229,63 @@ export class SdsServer {
 
   // ---- Fan-out ----
 
-  /** Synchronous with the cache's change event: every stream learns of a rotation in this tick. */
+  /**
+   * A change reaches every stream in slices of FANOUT_SLICE, with a turn of the event loop between
+   * slices: the first responses are on the socket (and being read by Envoy on another core) while
+   * later ones are still being written, and requests arriving meanwhile are not held up behind a
+   * thousand writes. Nothing is lost by slicing: a stream answered in between (new names) already
+   * holds the new content and is skipped, and a newer change supersedes the rest of an older one,
+   * since it reaches every stream itself.
+   */
   private readonly onCacheChange = (snapshot: SecretSnapshot): void => {
     if (this.closing) return;
     const started = performance.now();
     this.resources.prune();
     this.encodedSets.clear();
-    let pushed = 0;
-    for (const stream of this.sotwStreams) {
-      // A stream that has not asked for anything yet has nothing to be told.
-      if (stream.lastNonce === "" && !stream.responsePending) continue;
-      if (this.respond(stream, stream.responsePending)) pushed++;
-    }
-    for (const stream of this.deltaStreams) if (this.respondDelta(stream)) pushed++;
     for (const wake of this.fetchWaiters) wake();
-    if (pushed > 0) {
-      this.logger.info(
-        {
-          event: "sds.pushed",
-          version: snapshot.version,
-          streams: pushed,
-          ms: Math.round((performance.now() - started) * 100) / 100,
-        },
-        "pushed changed secrets to Envoy",
-      );
-    }
+    const generation = ++this.fanoutGeneration;
+    const sotw = [...this.sotwStreams];
+    const delta = [...this.deltaStreams];
+    let next = 0;
+    let pushed = 0;
+    let writingMs = 0;
+    const slice = () => {
+      if (this.closing || generation !== this.fanoutGeneration) return;
+      const sliceStarted = performance.now();
+      const end = Math.min(next + FANOUT_SLICE, sotw.length + delta.length);
+      for (; next < end; next++) {
+        if (next < sotw.length) {
+          const stream = sotw[next] as SotwStream;
+          // Gone meanwhile, or has not asked for anything yet: nothing to tell it.
+          if (!this.sotwStreams.has(stream)) continue;
+          if (stream.lastNonce === "" && !stream.responsePending) continue;
+          if (this.respond(stream, stream.responsePending)) pushed++;
+        } else {
+          const stream = delta[next - sotw.length] as DeltaStream;
+          if (this.deltaStreams.has(stream) && this.respondDelta(stream)) pushed++;
+        }
+      }
+      writingMs += performance.now() - sliceStarted;
+      if (next < sotw.length + delta.length) {
+        setImmediate(slice);
+        return;
+      }
+      if (pushed > 0) {
+        this.logger.info(
+          {
+            event: "sds.pushed",
+            version: snapshot.version,
+            streams: pushed,
+            // From the change to the last write, and the part of it spent writing (the rest is
+            // other work the slices let through).
+            ms: Math.round((performance.now() - started) * 100) / 100,
+            writingMs: Math.round(writingMs * 100) / 100,
+          },
+          "pushed changed secrets to Envoy",
+        );
+      }
+    };
+    slice();
   };
 
   private nonce(): string {
@@ -271,14 +311,19 @@ export class SdsServer {
     return resources.length === 0 ? null : { resources, content };
   }
 
-  /** The wire form of a set of resources, shared by every stream asking for the same set. */
-  private encodedSet(collected: { resources: AnyMessage[]; content: string }): Buffer {
-    let bytes = this.encodedSets.get(collected.content);
+  /** The wire form of a response but its nonce, shared by every stream asking for the same set. */
+  private sharedResponse(version: string, collected: { resources: AnyMessage[]; content: string }): Buffer {
+    const key = `${version}\n${collected.content}`;
+    let bytes = this.encodedSets.get(key);
     if (bytes === undefined) {
       // Bounded: names are chosen by clients, and old sets are useless after a change anyway.
       if (this.encodedSets.size >= MAX_ENCODED_SETS) this.encodedSets.clear();
-      bytes = encodeDiscoveryResources(collected.resources);
-      this.encodedSets.set(collected.content, bytes);
+      bytes = encodeSharedResponse({
+        version_info: version,
+        type_url: SECRET_TYPE_URL,
+        resources: collected.resources,
+      });
+      this.encodedSets.set(key, bytes);
     }
     return bytes;
   }
@@ -426,12 +471,7 @@ export class SdsServer {
     stream.lastVersionSent = version;
     stream.lastContent = collected.content;
     stream.responsePending = false;
-    stream.call.write(
-      encodeDiscoveryResponse(
-        { version_info: version, type_url: SECRET_TYPE_URL, nonce },
-        this.encodedSet(collected),
-      ),
-    );
+    stream.call.write(withNonce(this.sharedResponse(version, collected), nonce));
     // The write's backpressure signal is ignored on purpose: a response is a few KB, a change comes
     // at most every few hours, and Envoy reads promptly; queueing it is the right thing either way.
     this.pushes.inc();

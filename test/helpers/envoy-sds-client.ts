@@ -26,6 +26,11 @@ const definition = loadSync(
 const service = definition["envoy.service.secret.v3.SecretDiscoveryService"] as grpc.ServiceDefinition;
 const SdsClient = grpc.makeGenericClientConstructor(service, "SecretDiscoveryService");
 
+/** The client class built from Envoy's protos, for callers that need their own channel options. */
+export function sdsClientConstructor(): grpc.ServiceClientConstructor {
+  return SdsClient;
+}
+
 const root = new protobuf.Root();
 root.resolvePath = (_origin, target) => {
   for (const dir of INCLUDE) {
