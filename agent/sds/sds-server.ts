@@ -33,8 +33,13 @@ import { SecretResources } from "./resources.js";
 
 /** FetchSecrets without a deadline waits at most this long for a first valid certificate. */
 const FETCH_MAX_WAIT_MS = 10_000;
-/** Answer a waiting FetchSecrets this long before its deadline, so the caller reads our reason. */
-const FETCH_DEADLINE_MARGIN_MS = 25;
+/**
+ * Answer a waiting FetchSecrets a tenth of its time before its deadline (25 ms to 1 s), so the
+ * caller reads our reason rather than its own DEADLINE_EXCEEDED, also on a busy node.
+ */
+function fetchDeadlineMargin(msToDeadline: number): number {
+  return Math.min(1_000, Math.max(25, msToDeadline / 10));
+}
 /** Distinct resource sets kept encoded at once (Envoy asks for a handful). */
 const MAX_ENCODED_SETS = 64;
 /** Streams written to per turn of the event loop when a change fans out. */
@@ -598,7 +603,10 @@ export class SdsServer {
     }
 
     const deadline = deadlineMs(call.getDeadline());
-    const waitUntil = Math.min(deadline - FETCH_DEADLINE_MARGIN_MS, Date.now() + FETCH_MAX_WAIT_MS);
+    const waitUntil = Math.min(
+      deadline - fetchDeadlineMargin(deadline - Date.now()),
+      Date.now() + FETCH_MAX_WAIT_MS,
+    );
     let collected = this.collect(names);
     while (collected === null && !this.closing && !call.cancelled && Date.now() < waitUntil) {
       // No valid certificate yet (first issuance in flight, or an expired one): wait for a change.

@@ -385,7 +385,7 @@ function fetch(
 test("FetchSecrets: the current state; UNAVAILABLE without a valid cert; NOT_FOUND for only unknown names", async () => {
   const h = await start({ cert: null });
   try {
-    await assert.rejects(fetch(h.client, ["default"], 300), (error: grpc.ServiceError) => {
+    await assert.rejects(fetch(h.client, ["default"], 2_000), (error: grpc.ServiceError) => {
       assert.equal(error.code, grpc.status.UNAVAILABLE);
       assert.match(error.details, /no valid certificate/);
       return true;
