@@ -237,12 +237,14 @@ describe("cert-manager mode: server, agents and the fake's signer as processes",
         requestCert: true,
         rejectUnauthorized: true,
       });
-      const peer = new Promise<string>((resolve) =>
+      // A handshake the server side refuses ends the test with its reason instead of a wait forever.
+      const peer = new Promise<string>((resolve, reject) => {
         tlsServer.once("secureConnection", (socket: TLSSocket) => {
           resolve(socket.getPeerX509Certificate()?.subjectAltName ?? "");
           socket.end();
-        }),
-      );
+        });
+        tlsServer.once("tlsClientError", reject);
+      });
       await new Promise<void>((resolve) => tlsServer.listen(0, "127.0.0.1", resolve));
       const port = (tlsServer.address() as { port: number }).port;
       const clientSide = await new Promise<string>((resolve, reject) => {
