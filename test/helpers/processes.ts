@@ -12,8 +12,15 @@ export async function runCli(args: readonly string[], env: NodeJS.ProcessEnv = {
   return { code, stderr: proc.stderr, lines: proc.lines };
 }
 
-/** Starts a server on free loopback ports (CA in `caDir`, or from `extra` flags when null). */
-export async function startServerProcess(caDir: string | null, extra: readonly string[] = []) {
+/**
+ * Starts a server on free loopback ports (CA in `caDir`, or from `extra` flags when null), waiting
+ * up to `startTimeoutMs` for it to say it started.
+ */
+export async function startServerProcess(
+  caDir: string | null,
+  extra: readonly string[] = [],
+  startTimeoutMs = 15_000,
+) {
   const server = startCli("server", [
     "server",
     ...(caDir === null ? [] : ["--ca-dir", caDir]),
@@ -24,7 +31,7 @@ export async function startServerProcess(caDir: string | null, extra: readonly s
     ...extra,
   ]);
   // A server that never says it started is stopped, not left running behind a failed test.
-  const started = await server.waitForEvent("server.started").catch(async (error: Error) => {
+  const started = await server.waitForEvent("server.started", startTimeoutMs).catch(async (error: Error) => {
     await server.stop("SIGKILL");
     throw error;
   });

@@ -248,24 +248,15 @@ async function kubernetesMode(): Promise<Mode> {
 
   return {
     startReplica: async () => {
-      const server = startCli("server", [
-        "server",
-        "--kubeconfig",
-        kubeconfig,
-        "--listen",
-        "127.0.0.1:0",
-        "--admin-listen",
-        "127.0.0.1:0",
-      ]);
-      try {
-        // Start-up reads the root from the API; a held request waits out the outage.
-        const started = await server.waitForEvent("server.started", 60_000);
-        if (!readRootOnce.done) await readRootOnce(rootFile);
-        return { server, address: started.address as string };
-      } catch (error) {
-        await server.stop("SIGKILL");
-        throw error;
+      // Start-up reads the root from the API; a held request waits out the outage.
+      const { server, address } = await startServerProcess(null, ["--kubeconfig", kubeconfig], 60_000);
+      if (!readRootOnce.done) {
+        await readRootOnce(rootFile).catch(async (error: Error) => {
+          await server.stop("SIGKILL");
+          throw error;
+        });
       }
+      return { server, address };
     },
     startAgent: async (i, server, socket, name) => {
       const id = IDENTITIES[i % IDENTITIES.length] as (typeof IDENTITIES)[number];
