@@ -6,6 +6,7 @@ import { readdirSync, readFileSync, writeFileSync } from "node:fs";
 import { availableParallelism } from "node:os";
 import { join } from "node:path";
 import { performance } from "node:perf_hooks";
+import { fileURLToPath } from "node:url";
 import { bootstrapCommonName, makeIdentity, serviceCommonName, spiffeId } from "../common/identity.js";
 import { generateKeyPair, privateKeyToPem } from "../common/keys.js";
 import { encodePem } from "../common/pem.js";
@@ -22,6 +23,7 @@ import {
   rssMbOfAll,
   runLoad,
   sleep,
+  spawnJsonLines,
   spread,
   startServer,
 } from "./measure.js";
@@ -48,6 +50,65 @@ const KEYS = 64;
 const pct = (x: number) => `${(x * 100).toFixed(0)} %`;
 const perSecond = (x: number) => `${x.toFixed(0)}/s`;
 const times = (x: number) => `${x.toFixed(2)} ×`;
+const microseconds = (seconds: number) => `${(seconds * 1e6).toFixed(0)} µs`;
+const SIGNING_CORE = fileURLToPath(new URL("./signing-core.js", import.meta.url));
+
+const TRANSPORT_REFERENCE = fileURLToPath(new URL("./transport-reference.js", import.meta.url));
+
+/** The files bench/transport-reference.ts serves with: a server certificate for localhost and the root. */
+function transportFiles(s: Setup, dir: string): string[] {
+  const files = ["reference.crt", "reference.key", "reference-ca.crt"].map((name) => join(dir, name));
+  const [certFile, keyFile, caFile] = files as [string, string, string];
+  const privateKey = s.keys[1] as Setup["keys"][number];
+  const issued = s.ca.issueSync({
+    csrPem: "",
+    csr: parseCsrDer(createCsr({ privateKey, commonName: "localhost" })),
+    profile: "server",
+    commonName: "localhost",
+    dnsNames: ["localhost"],
+    uris: [],
+    ipAddresses: [],
+    validityMs: 86_400_000,
+  });
+  writeFileSync(certFile, issued.chainPem.join(""));
+  writeFileSync(keyFile, privateKeyToPem(privateKey), { mode: 0o600 });
+  writeFileSync(caFile, s.rootPem);
+  return files;
+}
+
+/** Server CPU-seconds per call of a transport reference under figure 1's load, on the same pinned CPU. */
+async function transportCallCost(
+  o: ServerBenchOptions,
+  s: Setup,
+  files: readonly string[],
+  mode: "http2" | "grpc-js",
+): Promise<number> {
+  const server = spawnJsonLines(process.execPath, [TRANSPORT_REFERENCE, mode, ...files], { pin: "0" });
+  try {
+    const started = await server.next("server.started", 30_000);
+    const pid = server.child.pid as number;
+    const load = await runLoad(o.dir, pooled(s, String(started.address), o.seconds, 8), [pid], "1");
+    if (load.result.errors > 0 || load.result.ok === 0) {
+      throw new Error(
+        `transport reference ${mode}: ${load.result.errors} errors: ${load.result.errorSamples.join(" | ")}`,
+      );
+    }
+    return load.serverCpuSeconds / load.result.ok;
+  } finally {
+    await server.stop();
+  }
+}
+
+/** Figure 1's ceilings without a transport (bench/signing-core.ts), per CPU-second, on `pin`. */
+async function signingCore(caDir: string, pin: string): Promise<{ crypto: number; core: number }> {
+  const child = spawnJsonLines(process.execPath, [SIGNING_CORE, caDir, "3"], { pin });
+  try {
+    const line = await child.next("signing-core", 60_000);
+    return { crypto: line.crypto as number, core: line.core as number };
+  } finally {
+    await child.stop();
+  }
+}
 
 interface Setup {
   readonly caDir: string;
@@ -137,11 +198,22 @@ export async function figureSigning(o: ServerBenchOptions): Promise<SigningFigur
   const perCoreRates: number[] = [];
   const wallRates: number[] = [];
   const floors: number[] = [];
+  const cryptoRates: number[] = [];
+  const coreRates: number[] = [];
+  const callCosts: { http2: number[]; grpcJs: number[]; server: number[] } = {
+    http2: [],
+    grpcJs: [],
+    server: [],
+  };
+  const transport = transportFiles(s, o.dir);
   console.log(
     "## 1. CSRs/s per core over gRPC+TLS (ECDSA P-256; server pinned to CPU 0, load generator to CPU 1)",
   );
   for (let run = 0; run < o.runs; run++) {
     const floor = opensslFloor("0");
+    const core = await signingCore(s.caDir, "0");
+    cryptoRates.push(core.crypto);
+    coreRates.push(core.core);
     const server = await startServer(["--ca-dir", s.caDir, "--workers", "1"], { pin: "0" });
     try {
       const load = await runLoad(o.dir, pooled(s, server.address, o.seconds, 8), server.pids, "1");
@@ -158,9 +230,27 @@ export async function figureSigning(o: ServerBenchOptions): Promise<SigningFigur
     } finally {
       await server.stop();
     }
+    const http2 = await transportCallCost(o, s, transport, "http2");
+    const grpcJs = await transportCallCost(o, s, transport, "grpc-js");
+    const osmCert = 1 / (perCoreRates.at(-1) as number);
+    callCosts.http2.push(http2);
+    callCosts.grpcJs.push(grpcJs);
+    callCosts.server.push(osmCert);
+    console.log(
+      `    same CPU, no transport: Node's crypto alone ${perSecond(core.crypto)} (${pct(core.crypto / floor.floor)} of the floor), the signing path in process ${perSecond(core.core)} (${pct(core.core / floor.floor)})`,
+    );
+    console.log(
+      `    CPU per call: Node HTTP/2 + TLS answering at once ${microseconds(http2)}, grpc-js with an empty handler ${microseconds(grpcJs)}, the signing path ${microseconds(1 / core.core)}; osm-cert ${microseconds(osmCert)} per CSR`,
+    );
   }
   console.log(
-    `  => ${spread(perCoreRates, perSecond)} = ${spread(ratios, pct)} of the openssl floor (target >= 40 %)`,
+    `  => ${spread(perCoreRates, perSecond)} = ${spread(ratios, pct)} of the openssl floor (target >= 40 %); ` +
+      `ceilings without any transport: Node's crypto ${spread(cryptoRates, perSecond)} = ${pct(median(cryptoRates) / median(floors))}, ` +
+      `the signing path ${spread(coreRates, perSecond)} = ${pct(median(coreRates) / median(floors))} of the floor`,
+  );
+  console.log(
+    `  => CPU per call: Node HTTP/2 + TLS ${spread(callCosts.http2, microseconds)}, grpc-js empty handler ${spread(callCosts.grpcJs, microseconds)}, ` +
+      `signing path ${microseconds(1 / median(coreRates))}, osm-cert per CSR ${spread(callCosts.server, microseconds)}`,
   );
   return {
     perCoreRates,
@@ -169,7 +259,7 @@ export async function figureSigning(o: ServerBenchOptions): Promise<SigningFigur
       n: 1,
       what: "CSRs/s per core over gRPC+TLS (per server CPU-second)",
       measured: spread(perCoreRates, perSecond),
-      reference: `openssl floor ${perSecond(median(floors))}`,
+      reference: `openssl floor ${perSecond(median(floors))}; no transport: Node crypto ${perSecond(median(cryptoRates))}, signing path ${perSecond(median(coreRates))}; per call: HTTP/2+TLS ${microseconds(median(callCosts.http2))}, grpc-js empty ${microseconds(median(callCosts.grpcJs))}`,
       ratio: spread(ratios, pct),
       target: "≥ 40 %",
       met: median(ratios) >= 0.4,
