@@ -32,6 +32,13 @@ export interface ServerBenchOptions {
   readonly dir: string;
   readonly runs: number;
   readonly seconds: number;
+  /**
+   * Seconds of load before a pooled measurement starts. V8 is still compiling the hot path for
+   * the first ≈ 10 s of load on one core (perf: 20 % of the server's CPU in its compiler threads,
+   * and the main thread in baseline code); measured from 1.5 s, CPU per CSR came out ≈ 2 × the
+   * steady state a server that runs for days has.
+   */
+  readonly warmupSeconds: number;
   readonly stormPods: number;
   readonly stormWindow: number;
   /** Which credential kinds the storm runs (both by default). */
@@ -87,7 +94,7 @@ async function transportCallCost(
   try {
     const started = await server.next("server.started", 30_000);
     const pid = server.child.pid as number;
-    const load = await runLoad(o.dir, pooled(s, String(started.address), o.seconds, 8), [pid], "1");
+    const load = await runLoad(o.dir, pooled(s, String(started.address), o, 8), [pid], "1");
     if (load.result.errors > 0 || load.result.ok === 0) {
       throw new Error(
         `transport reference ${mode}: ${load.result.errors} errors: ${load.result.errorSamples.join(" | ")}`,
@@ -171,7 +178,12 @@ function bootstrapFor(
   return { certPem: issued.chainPem.join(""), keyPem: privateKeyToPem(privateKey) };
 }
 
-function pooled(s: Setup, address: string, seconds: number, connections: number): PooledConfig {
+function pooled(
+  s: Setup,
+  address: string,
+  o: Pick<ServerBenchOptions, "seconds" | "warmupSeconds">,
+  connections: number,
+): PooledConfig {
   return {
     mode: "pooled",
     address,
@@ -180,8 +192,8 @@ function pooled(s: Setup, address: string, seconds: number, connections: number)
     csrs: s.csrs,
     connections,
     inflight: 8,
-    seconds,
-    warmupSeconds: 1.5,
+    seconds: o.seconds,
+    warmupSeconds: o.warmupSeconds,
   };
 }
 
@@ -216,7 +228,7 @@ export async function figureSigning(o: ServerBenchOptions): Promise<SigningFigur
     coreRates.push(core.core);
     const server = await startServer(["--ca-dir", s.caDir, "--workers", "1"], { pin: "0" });
     try {
-      const load = await runLoad(o.dir, pooled(s, server.address, o.seconds, 8), server.pids, "1");
+      const load = await runLoad(o.dir, pooled(s, server.address, o, 8), server.pids, "1");
       const perCpu = load.result.ok / load.serverCpuSeconds;
       const wall = load.result.ok / load.result.wallSeconds;
       ratios.push(perCpu / floor.floor);
@@ -296,7 +308,7 @@ export async function figureCores(
     try {
       await sleep(1_000);
       restRssMb.push(rssMbOfAll(server.pids));
-      const load = await runLoad(o.dir, pooled(s, server.address, o.seconds, 16), server.pids);
+      const load = await runLoad(o.dir, pooled(s, server.address, o, 16), server.pids);
       const wall = load.result.ok / load.result.wallSeconds;
       ours.push(wall);
       oursCpu.push(load.result.ok / load.serverCpuSeconds);
@@ -322,7 +334,7 @@ export async function figureCores(
             connections: 16,
             inflight: 8,
             seconds: o.seconds,
-            warmupSeconds: 1.5,
+            warmupSeconds: o.warmupSeconds,
           },
           [cfssl.pid],
         );
@@ -500,7 +512,7 @@ export async function figureProfile(o: ServerBenchOptions, cores: CoresFigure | 
   let fromUs = 0;
   let toUs = Number.POSITIVE_INFINITY;
   try {
-    const load = await runLoad(o.dir, pooled(s, server.address, o.seconds, 8), server.pids);
+    const load = await runLoad(o.dir, pooled(s, server.address, o, 8), server.pids);
     ok = load.result.ok;
     fromUs = (load.windowStartedAt - server.spawnedAt) * 1000;
     toUs = fromUs + o.seconds * 1e6;
