@@ -7,9 +7,10 @@
 // resources.ts), a response but its nonce once per resource set, each stream's protocol state is a
 // handful of fields, and the writes go out in slices (onCacheChange).
 
-import { chmod, lstat, stat, unlink } from "node:fs/promises";
+import { randomBytes } from "node:crypto";
+import { chmod, link, lstat, stat, unlink } from "node:fs/promises";
 import { connect } from "node:net";
-import { dirname, resolve as resolvePath } from "node:path";
+import { dirname, join, resolve as resolvePath } from "node:path";
 import * as grpc from "@grpc/grpc-js";
 import type { ServiceIdentity } from "../../common/identity.js";
 import type { Logger } from "../../common/logger.js";
@@ -183,19 +184,34 @@ export class SdsServer {
       },
     });
 
-    // bind() creates the socket with the process umask; until chmod below anyone the umask allows
-    // could connect. A restrictive umask for the duration of the bind closes that window.
+    // The socket is bound under a hidden name beside the final one, given its mode, and only then
+    // linked to the name Envoy connects to: the path appears listening and with its final mode, never
+    // half-ready (bound but refusing, or 0600 when Envoy's group needs 0660: a client polling for
+    // the path saw that in about one start of five). bind() creates the socket with the process
+    // umask; a restrictive one while it binds keeps even the hidden name private until chmod.
+    const hidden = join(dirname(path), `.s${randomBytes(3).toString("hex")}`);
     const previousUmask = setUmask(0o177);
     try {
       await new Promise<void>((resolve, reject) => {
-        server.bindAsync(`unix://${path}`, grpc.ServerCredentials.createInsecure(), (error) =>
+        server.bindAsync(`unix://${hidden}`, grpc.ServerCredentials.createInsecure(), (error) =>
           error === null ? resolve() : reject(new Error(`SDS socket ${path}: ${error.message}`)),
         );
       });
     } finally {
       if (previousUmask !== undefined) setUmask(previousUmask);
     }
-    await chmod(path, mode);
+    try {
+      await chmod(hidden, mode);
+      // link(), unlike rename(), never replaces a socket another agent published meanwhile.
+      await link(hidden, path).catch((error: NodeJS.ErrnoException) => {
+        throw error.code === "EEXIST" ? new Error(`SDS socket ${path} is in use by another process`) : error;
+      });
+    } catch (error) {
+      server.forceShutdown();
+      throw error;
+    } finally {
+      await unlink(hidden).catch(ignoreMissing);
+    }
 
     this.server = server;
     this.socketPath = path;

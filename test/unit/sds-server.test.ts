@@ -2,9 +2,10 @@
 // our JSON or our code), over a real Unix socket, serving real certificates made by openssl.
 
 import assert from "node:assert/strict";
-import { execFileSync } from "node:child_process";
+import { execFileSync, spawn } from "node:child_process";
 import { createPrivateKey, X509Certificate } from "node:crypto";
-import { existsSync, mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from "node:fs";
+import { once } from "node:events";
+import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from "node:fs";
 import { createRequire } from "node:module";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -491,6 +492,53 @@ test("the socket has the requested mode, replaces a stale socket, refuses other 
     await assert.rejects(third.listen(path, 0o600), /not a socket/);
     assert.equal(readFileSync(path, "utf8"), "not a socket");
   } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
+
+test("the socket path appears only once it accepts connections, with its final mode", async () => {
+  // Envoy connects as soon as the path exists. A client in another process polls for each path in a
+  // tight loop and connects at first sight; before the socket was published by link() it saw the
+  // path bound with the bind-time mode (0600, not Envoy's group 0660) in about one start of five.
+  const dir = mkdtempSync(join(tmpdir(), "osm-cert-sds-publish-"));
+  const watcher = spawn(
+    process.execPath,
+    [
+      "-e",
+      `const { existsSync, lstatSync } = require("node:fs");
+       const { connect } = require("node:net");
+       process.on("message", (path) => {
+         while (!existsSync(path)) {}
+         const mode = lstatSync(path).mode & 0o777;
+         const socket = connect(path);
+         socket.once("connect", () => { socket.destroy(); process.send({ path, mode, result: "connected" }); });
+         socket.once("error", (error) => process.send({ path, mode, result: error.code }));
+       });`,
+    ],
+    { stdio: ["ignore", "inherit", "inherit", "ipc"] },
+  );
+  try {
+    const { logger } = captureLog();
+    const seen: string[] = [];
+    for (let i = 0; i < 60; i++) {
+      const path = join(dir, `sds-${i}.sock`);
+      const sighted = once(watcher, "message") as Promise<[{ mode: number; result: string }]>;
+      watcher.send(path);
+      const server = new SdsServer({
+        cache: new SecretCache(),
+        identity: IDENTITY,
+        logger,
+        metrics: new MetricsRegistry(),
+      });
+      await server.listen(path, 0o660);
+      const [{ mode, result }] = await sighted;
+      seen.push(`${result} 0${mode.toString(8)}`);
+      await server.close();
+    }
+    assert.deepEqual(new Set(seen), new Set(["connected 0660"]));
+    assert.deepEqual(readdirSync(dir), [], "no hidden socket left beside the published one");
+  } finally {
+    watcher.kill();
     rmSync(dir, { recursive: true, force: true });
   }
 });
