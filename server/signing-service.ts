@@ -220,7 +220,8 @@ export class SigningService {
     let issued: Awaited<ReturnType<CertificateProvider["issue"]>>;
     // A caller that gave up (deadline, disconnect) frees what the backend holds for it.
     const cancelled = new AbortController();
-    call.once("cancelled", () => cancelled.abort());
+    const onCancelled = () => cancelled.abort();
+    call.once("cancelled", onCancelled);
     try {
       issued = await provider.issue({
         signal: cancelled.signal,
@@ -240,6 +241,11 @@ export class SigningService {
         throw new Refusal(PROVIDER_STATUS[error.reason], `${provider.name}: ${error.message}`, hint);
       }
       throw error;
+    } finally {
+      // grpc-js emits "cancelled" when a call's stream closes, after a normal finish too (every
+      // call, with grpc-js and node:http2 clients alike): aborting then frees nothing and costs an
+      // AbortError each (≈ 3 % of the CPU per CSR in figure 7's profile).
+      call.off("cancelled", onCancelled);
     }
 
     // The audit line: one per issuance, never key material.
