@@ -116,6 +116,11 @@ export class SignerClient {
     this.onChannelReleased = options.onChannelReleased ?? (() => {});
   }
 
+  /** Starts connecting now rather than on the first call (the handshake overlaps local work). */
+  connect(): void {
+    this.client.getChannel().getConnectivityState(true);
+  }
+
   /**
    * The client identity changed (TLS material already updated): later calls go over a new
    * connection that presents it; open trust-bundle streams follow; the old channel is closed.

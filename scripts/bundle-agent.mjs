@@ -72,25 +72,16 @@ const result = await build({
   metafile: true,
 });
 
-// The code cache: compile and run the bundle's top level once (loading only: nothing starts), then
-// keep everything V8 compiled on the way, so an agent's start-up skips that parse and compile.
-// Made in a child process under the V8 flags the injected agent runs with (its NODE_OPTIONS,
-// common/agent-node-options.js): V8 rejects a cache made under other flags.
+// The code cache, made in a child process under the V8 flags the injected agent runs with (its
+// NODE_OPTIONS, common/agent-node-options.js: V8 rejects a cache made under other flags), after an
+// agent started from the bundle served its first secret (scripts/agent-code-cache.mjs), so that it
+// holds everything a start-up compiles, not only the bundle's top level.
 const { AGENT_NODE_OPTIONS } = await import(
   new URL("../dist/common/agent-node-options.js", import.meta.url).href
 );
-const agentBundleUrl = new URL("../dist/cli/agent-bundle.js", import.meta.url).href;
-execFileSync(
-  process.execPath,
-  [
-    "--input-type=module",
-    "-e",
-    `const { AGENT_BUNDLE_CACHE, loadAgentBundle } = await import(${JSON.stringify(agentBundleUrl)});
-     const { writeFile } = await import("node:fs/promises");
-     const { script } = loadAgentBundle({ useCache: false });
-     await writeFile(AGENT_BUNDLE_CACHE, script.createCachedData());`,
-  ],
-  { stdio: "inherit", env: { ...process.env, NODE_OPTIONS: AGENT_NODE_OPTIONS } },
-);
+execFileSync(process.execPath, [fileURLToPath(new URL("./agent-code-cache.mjs", import.meta.url))], {
+  stdio: ["ignore", "ignore", "inherit"],
+  env: { ...process.env, NODE_OPTIONS: AGENT_NODE_OPTIONS },
+});
 
 if (process.argv.includes("--analyze")) console.log(await analyzeMetafile(result.metafile));
