@@ -98,18 +98,25 @@ function invalid(response: Response): string | null {
   return null;
 }
 
+/**
+ * What every request of a stream repeats (node, names, type URL), encoded once. An ACK is that plus
+ * its version_info and response_nonce, encoded apart: protobuf reads concatenated encodings as one
+ * merged message, so the agent decodes exactly the request Envoy would send.
+ */
+const REQUEST_CONSTANT = DiscoveryRequest.encode({
+  node: NODE,
+  resource_names: NAMES,
+  type_url: SECRET_TYPE_URL,
+}).finish();
+
 function frame(version: string, nonce: string): Buffer {
-  const body = DiscoveryRequest.encode({
-    version_info: version,
-    node: NODE,
-    resource_names: NAMES,
-    type_url: SECRET_TYPE_URL,
-    response_nonce: nonce,
-  }).finish();
-  const framed = Buffer.allocUnsafe(5 + body.length);
+  const tail = DiscoveryRequest.encode({ version_info: version, response_nonce: nonce }).finish();
+  const length = REQUEST_CONSTANT.length + tail.length;
+  const framed = Buffer.allocUnsafe(5 + length);
   framed[0] = 0; // not compressed
-  framed.writeUInt32BE(body.length, 1);
-  framed.set(body, 5);
+  framed.writeUInt32BE(length, 1);
+  framed.set(REQUEST_CONSTANT, 5);
+  framed.set(tail, 5 + REQUEST_CONSTANT.length);
   return framed;
 }
 
