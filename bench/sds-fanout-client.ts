@@ -13,7 +13,8 @@
 // DiscoveryResponse and of every resource's Secret with protobufjs from Envoy's canonical protos
 // (shipped by @grpc/grpc-js-xds; nothing of the agent's), a check of what Envoy would reject
 // (type URLs, names, the certificate + key and the trust bundle present), and an ACK carrying the
-// response's version_info and nonce. A response that fails those checks, or a stream that ends with
+// response's version_info and nonce (the node only in a stream's first request, as the bootstrap
+// configures Envoy: set_node_on_first_message_only). A response that fails those checks, or a stream that ends with
 // a gRPC status other than CANCELLED, is counted as failed (the bench then fails).
 //
 // The connection's HTTP/2 flow-control windows are Envoy's defaults (256 MiB for the connection and
@@ -99,24 +100,27 @@ function invalid(response: Response): string | null {
 }
 
 /**
- * What every request of a stream repeats (node, names, type URL), encoded once. An ACK is that plus
- * its version_info and response_nonce, encoded apart: protobuf reads concatenated encodings as one
- * merged message, so the agent decodes exactly the request Envoy would send.
+ * What the requests of a stream repeat, encoded once: the names and the type URL, and in the first
+ * request only, the node (the bootstrap's SDS config source sets set_node_on_first_message_only,
+ * agent/envoy-bootstrap.ts). A request is that plus its version_info and response_nonce, encoded
+ * apart: protobuf reads concatenated encodings as one merged message, so the agent decodes exactly
+ * the request Envoy would send.
  */
-const REQUEST_CONSTANT = DiscoveryRequest.encode({
+const FIRST_REQUEST = DiscoveryRequest.encode({
   node: NODE,
   resource_names: NAMES,
   type_url: SECRET_TYPE_URL,
 }).finish();
+const LATER_REQUEST = DiscoveryRequest.encode({ resource_names: NAMES, type_url: SECRET_TYPE_URL }).finish();
 
-function frame(version: string, nonce: string): Buffer {
+function frame(constant: Uint8Array, version: string, nonce: string): Buffer {
   const tail = DiscoveryRequest.encode({ version_info: version, response_nonce: nonce }).finish();
-  const length = REQUEST_CONSTANT.length + tail.length;
+  const length = constant.length + tail.length;
   const framed = Buffer.allocUnsafe(5 + length);
   framed[0] = 0; // not compressed
   framed.writeUInt32BE(length, 1);
-  framed.set(REQUEST_CONSTANT, 5);
-  framed.set(tail, 5 + REQUEST_CONSTANT.length);
+  framed.set(constant, 5);
+  framed.set(tail, 5 + constant.length);
   return framed;
 }
 
@@ -165,7 +169,7 @@ function follow(stream: ClientHttp2Stream, times: number[]): void {
         cpuAtReady = process.cpuUsage();
         console.log(JSON.stringify({ event: "ready", streams: count }));
       }
-      stream.write(frame(response.version_info, response.nonce));
+      stream.write(frame(LATER_REQUEST, response.version_info, response.nonce));
       data = data.subarray(5 + length);
     }
     if (data.length > 0) pending = data;
@@ -188,7 +192,7 @@ for (let i = 0; i < count; i++) {
     { endStream: false },
   );
   follow(stream, times);
-  stream.write(frame("", ""));
+  stream.write(frame(FIRST_REQUEST, "", ""));
 }
 
 process.on("SIGTERM", () => {
