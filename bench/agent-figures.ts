@@ -13,6 +13,7 @@ import { AGENT_ENV, AGENT_NODE_OPTIONS } from "../common/agent-node-options.js";
 import { connectSds, SdsStream } from "../test/helpers/envoy-sds-client.js";
 import { type CliProcess, runCli, startCli } from "../test/helpers/processes.js";
 import {
+  cpuSecondsOf,
   type Figure,
   median,
   rssMb,
@@ -135,6 +136,7 @@ async function measureFanout(agent: CliProcess, socket: string, pushLoops: numbe
       clients.push(spawnJsonLines(process.execPath, [FANOUT_CLIENT, socket, String(perProcess)]));
     await Promise.all(clients.map((c) => c.next("ready", 60_000)));
     const from = agent.lines.length;
+    const agentCpuFrom = cpuSecondsOf(agent.child.pid as number);
     const fullPushes = () =>
       agent.lines
         .slice(from)
@@ -145,7 +147,10 @@ async function measureFanout(agent: CliProcess, socket: string, pushLoops: numbe
       120_000,
     );
     await sleep(500);
+    const pushes = fullPushes().length;
+    const agentCpuMs = ((cpuSecondsOf(agent.child.pid as number) - agentCpuFrom) * 1000) / pushes;
     const streams: number[][] = [];
+    const clientCpuMs: number[] = [];
     let failed = 0;
     for (const client of clients) {
       const receipts = client.next("receipts", 30_000);
@@ -153,13 +158,21 @@ async function measureFanout(agent: CliProcess, socket: string, pushLoops: numbe
       const line = await receipts;
       streams.push(...(line.received as number[][]));
       failed += line.failed as number;
+      if (typeof line.cpuMs === "number") clientCpuMs.push(line.cpuMs / pushes);
     }
+    console.log(
+      `    CPU per push: agent ${agentCpuMs.toFixed(0)} ms (its renewal work included), clients ${clientCpuMs.map((x) => x.toFixed(0)).join(" + ")} ms`,
+    );
     if (failed > 0) throw new Error(`${failed} SDS streams failed during the fan-out`);
     const runFanouts: number[] = [];
     for (const push of fullPushes().slice(0, FANOUT_ROTATIONS)) {
       const changedAt = (push.time as number) - (push.ms as number);
       const arrivals = streams.map((s) => s.find((t) => t >= changedAt - 1) ?? Number.POSITIVE_INFINITY);
       runFanouts.push(Math.max(...arrivals) - changedAt);
+      if (process.env.BENCH_FANOUT_DETAIL === "1")
+        console.log(
+          `    push: loop ${(push.ms as number).toFixed(0)} ms, writing ${(push.writingMs as number).toFixed(0)} ms, first ${(Math.min(...arrivals) - changedAt).toFixed(0)} ms, median ${(median(arrivals) - changedAt).toFixed(0)} ms, last ${(Math.max(...arrivals) - changedAt).toFixed(0)} ms`,
+        );
       pushLoops.push((push.writingMs ?? push.ms) as number); // agents before slicing logged only ms
     }
     return runFanouts;

@@ -163,6 +163,14 @@ export function withNonce(shared: Buffer, nonce: string): EncodedMessage {
   return new EncodedMessage(Buffer.concat([shared, tail], shared.length + tail.length));
 }
 
+/**
+ * A whole DiscoveryResponse in wire form, for a server to write as is to every stream that is sent
+ * the same resources with the same nonce (a fan-out: see agent/sds/sds-server.ts).
+ */
+export function encodeResponse(fields: DiscoveryResponse): EncodedMessage {
+  return new EncodedMessage(encode(load().discoveryResponse, fields));
+}
+
 /** Decodes a Secret from an Any's `value` (absent fields stay undefined). */
 export function decodeSecret(bytes: Uint8Array): Secret {
   const type = load().secret;

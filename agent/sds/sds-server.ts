@@ -5,7 +5,9 @@
 // a rotation must reach all of them at once (DESIGN.md §12: 1,000 streams within 100 ms). That is
 // why there is one cache listener for the whole server, Secrets are encoded once per change (see
 // resources.ts), a response but its nonce once per resource set, each stream's protocol state is a
-// handful of fields, and the writes go out in slices (onCacheChange).
+// handful of fields, and the writes go out in slices (onCacheChange). Within one fan-out, streams
+// asking for the same names are written the very same bytes: one nonce for the whole fan-out (see
+// Push), so nothing is encoded or copied per stream.
 
 import { randomBytes } from "node:crypto";
 import { chmod, link, lstat, stat, unlink } from "node:fs/promises";
@@ -24,6 +26,7 @@ import {
   type DiscoveryRequest,
   type DiscoveryResponse,
   type EncodedMessage,
+  encodeResponse,
   encodeSharedResponse,
   SECRET_TYPE_URL,
   secretDiscoveryServiceDefinition,
@@ -70,6 +73,8 @@ interface SotwStream {
   readonly call: grpc.ServerDuplexStream<DiscoveryRequest, EncodedMessage>;
   /** The names of the latest accepted request. */
   resourceNames: readonly string[];
+  /** resourceNames as one string (JSON: names are free-form), to share work between streams. */
+  namesKey: string;
   /** Nonce of the latest response; "" until the first one. Requests naming another nonce are stale. */
   lastNonce: string;
   /** version_info of the latest response (what an ACK accepts or a NACK rejects). */
@@ -97,12 +102,37 @@ interface DeltaStream {
 
 type StreamCall<Req, Res> = grpc.ServerDuplexStream<Req, Res>;
 
+/** The Secrets a set of names resolves to, and their versions ("name@version" lines). */
+interface Collected {
+  readonly resources: AnyMessage[];
+  readonly content: string;
+}
+
+/**
+ * What one fan-out works out once for all its streams. A single nonce serves the whole fan-out:
+ * the xDS protocol uses a nonce to tell apart the responses *on one stream* (an ACK names the
+ * response it answers; requests naming an older one are stale; envoy/service/discovery/v3/
+ * discovery.proto), and a fan-out sends each stream at most one response, under a nonce drawn
+ * from the same counter as every other response's, so no stream ever sees a nonce twice. That
+ * lets streams asking for the same names share one encoded response, written as is.
+ */
+interface Push {
+  readonly version: string;
+  readonly nonce: string;
+  /** By namesKey: the Secrets, or null while one of the names is pending. */
+  readonly collected: Map<string, Collected | null>;
+  /** By Collected.content: the whole response. */
+  readonly encoded: Map<string, EncodedMessage>;
+}
+
 function statusError(code: grpc.status, details: string): Partial<grpc.StatusObject> & Error {
   return Object.assign(new Error(details), { code, details });
 }
 
 function sameNames(a: readonly string[], b: readonly string[]): boolean {
   if (a.length !== b.length) return false;
+  // An ACK repeats the names in the same order: checked without building a Set (1,000 per fan-out).
+  if (a.every((name, i) => name === b[i])) return true;
   const set = new Set(a);
   return b.every((n) => set.has(n));
 }
@@ -265,6 +295,13 @@ export class SdsServer {
     this.encodedSets.clear();
     for (const wake of this.fetchWaiters) wake();
     const generation = ++this.fanoutGeneration;
+    // Every stream of this fan-out sees this version: a newer change stops it (generation).
+    const push: Push = {
+      version: String(snapshot.version),
+      nonce: this.nonce(),
+      collected: new Map(),
+      encoded: new Map(),
+    };
     const sotw = [...this.sotwStreams];
     const delta = [...this.deltaStreams];
     let next = 0;
@@ -280,7 +317,7 @@ export class SdsServer {
           // Gone meanwhile, or has not asked for anything yet: nothing to tell it.
           if (!this.sotwStreams.has(stream)) continue;
           if (stream.lastNonce === "" && !stream.responsePending) continue;
-          if (this.respond(stream, stream.responsePending)) pushed++;
+          if (this.respond(stream, stream.responsePending, push)) pushed++;
         } else {
           const stream = delta[next - sotw.length] as DeltaStream;
           if (this.deltaStreams.has(stream) && this.respondDelta(stream)) pushed++;
@@ -319,7 +356,7 @@ export class SdsServer {
    * certificate): a cert name is never answered with an empty or partial response. Unknown names
    * are left out, and a set with no known name gets nothing at all.
    */
-  private collect(names: readonly string[]): { resources: AnyMessage[]; content: string } | null {
+  private collect(names: readonly string[]): Collected | null {
     const resources: AnyMessage[] = [];
     let content = "";
     for (const name of names) {
@@ -333,7 +370,7 @@ export class SdsServer {
   }
 
   /** The wire form of a response but its nonce, shared by every stream asking for the same set. */
-  private sharedResponse(version: string, collected: { resources: AnyMessage[]; content: string }): Buffer {
+  private sharedResponse(version: string, collected: Collected): Buffer {
     const key = `${version}\n${collected.content}`;
     let bytes = this.encodedSets.get(key);
     if (bytes === undefined) {
@@ -415,6 +452,7 @@ export class SdsServer {
       id: ++this.nextStreamId,
       call,
       resourceNames: [],
+      namesKey: "[]",
       lastNonce: "",
       lastVersionSent: "",
       lastContent: "",
@@ -448,6 +486,7 @@ export class SdsServer {
     const namesChanged = nonce === "" || !sameNames(stream.resourceNames, request.resource_names);
     if (namesChanged) {
       stream.resourceNames = [...request.resource_names];
+      stream.namesKey = JSON.stringify(stream.resourceNames);
       this.warnUnknown(stream.id, stream.warned, stream.resourceNames);
     }
 
@@ -479,24 +518,59 @@ export class SdsServer {
    * Sends the current state of the stream's names, unless it is not servable yet (the request stays
    * pending) or, when not `force`d, it equals what the stream was last sent. Returns whether it sent.
    */
-  private respond(stream: SotwStream, force: boolean): boolean {
-    const collected = this.collect(stream.resourceNames);
+  private respond(stream: SotwStream, force: boolean, push?: Push): boolean {
+    const collected =
+      push === undefined ? this.collect(stream.resourceNames) : this.collectForPush(push, stream);
     if (collected === null) {
       stream.responsePending = true;
       return false;
     }
     if (!force && collected.content === stream.lastContent) return false;
-    const version = String(this.cache.snapshot().version);
-    const nonce = this.nonce();
+    let version: string;
+    let nonce: string;
+    let message: EncodedMessage;
+    if (push === undefined) {
+      version = String(this.cache.snapshot().version);
+      nonce = this.nonce();
+      message = withNonce(this.sharedResponse(version, collected), nonce);
+    } else {
+      ({ version, nonce } = push);
+      message = this.pushResponse(push, collected);
+    }
     stream.lastNonce = nonce;
     stream.lastVersionSent = version;
     stream.lastContent = collected.content;
     stream.responsePending = false;
-    stream.call.write(withNonce(this.sharedResponse(version, collected), nonce));
+    stream.call.write(message);
     // The write's backpressure signal is ignored on purpose: a response is a few KB, a change comes
     // at most every few hours, and Envoy reads promptly; queueing it is the right thing either way.
     this.pushes.inc();
     return true;
+  }
+
+  /** collect() once per distinct set of names in a fan-out (bounded like encodedSets). */
+  private collectForPush(push: Push, stream: SotwStream): Collected | null {
+    let collected = push.collected.get(stream.namesKey);
+    if (collected === undefined) {
+      collected = this.collect(stream.resourceNames);
+      if (push.collected.size < MAX_ENCODED_SETS) push.collected.set(stream.namesKey, collected);
+    }
+    return collected;
+  }
+
+  /** The fan-out's whole response for `collected`, encoded once and written as is to every stream. */
+  private pushResponse(push: Push, collected: Collected): EncodedMessage {
+    let message = push.encoded.get(collected.content);
+    if (message === undefined) {
+      message = encodeResponse({
+        version_info: push.version,
+        type_url: SECRET_TYPE_URL,
+        resources: collected.resources,
+        nonce: push.nonce,
+      });
+      if (push.encoded.size < MAX_ENCODED_SETS) push.encoded.set(collected.content, message);
+    }
+    return message;
   }
 
   // ---- DeltaSecrets (incremental) ----
