@@ -30,6 +30,7 @@ import { SecretCache } from "./secret-cache.js";
 import { SignerClient } from "./signer-client.js";
 import { AgentTrust, checkTrustBundle } from "./trust.js";
 import { TrustBundleFollower } from "./trust-bundle-follower.js";
+import { applyAgentV8Tiers } from "./v8-tiers.js";
 
 export type AgentFlags = ParsedFlags<typeof AGENT_FLAGS>;
 
@@ -237,6 +238,7 @@ async function startParts(
 }
 
 export async function agentCommand(argv: readonly string[]): Promise<void> {
+  applyAgentV8Tiers(); // no Sparkplug (agent/v8-tiers.ts)
   const flags = parseFlags("agent", AGENT_FLAGS, argv);
   const logger = createLogger("osm-cert-agent");
   const running = await startAgent(flags, logger);
