@@ -19,6 +19,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { createInterface } from "node:readline";
 import { setTimeout as sleep } from "node:timers/promises";
+import { setFlagsFromString } from "node:v8";
 
 const dist = new URL("../dist/", import.meta.url);
 const CLI = new URL("cli/main.js", dist).pathname;
@@ -31,6 +32,9 @@ const NAMESPACE = "build";
 const SERVICE_ACCOUNT = "code-cache";
 // The server and `issue` run as plain Node: the flags matter only in this process.
 const plainEnv = { ...process.env, NODE_OPTIONS: "" };
+// The throwaway server is reached at 127.0.0.1, for which Node warns (DEP0123) that TLS sends no
+// server name for an IP address; at every build that would read like a problem, and it is none here.
+process.noDeprecation = true;
 
 /** Starts a signing server on free loopback ports; resolves with it and its address. */
 async function startServer(caDir) {
@@ -145,6 +149,10 @@ try {
     throw new Error(`no first secret within ${TIMEOUT_MS} ms`);
   });
   await Promise.race([warmStart(dir), timeout]);
+  // The agent turned Sparkplug off at run time (agent/v8-tiers.ts); V8 stamps a cache with the
+  // flags in force when it is made and rejects it under others, and an agent loads its bundle
+  // before it turns the flag off: the cache is made under the flags the agent loads with.
+  setFlagsFromString("--sparkplug");
   cache = script.createCachedData();
 } catch (error) {
   process.stderr.write(
