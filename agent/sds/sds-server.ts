@@ -46,8 +46,13 @@ function fetchDeadlineMargin(msToDeadline: number): number {
 }
 /** Distinct resource sets kept encoded at once (Envoy asks for a handful). */
 const MAX_ENCODED_SETS = 64;
-/** Streams written to per turn of the event loop when a change fans out. */
-const FANOUT_SLICE = 100;
+/**
+ * Streams written to per turn of the event loop when a change fans out. Writing is ≈ 25-45 µs a
+ * stream, so a slice holds other work back for at most ≈ 45 ms. Slices of 100 let each slice's ACKs
+ * be read before the next slice was written: 1,000 streams then got the change ≈ 20 % later
+ * (figure 6: 177-198 ms against 132-172 ms with one slice, interleaved on a quiet machine).
+ */
+const FANOUT_SLICE = 1_000;
 /** close() lets streams end gracefully for this long before cutting connections. */
 const SHUTDOWN_GRACE_MS = 2_000;
 /**
@@ -282,9 +287,8 @@ export class SdsServer {
 
   /**
    * A change reaches every stream in slices of FANOUT_SLICE, with a turn of the event loop between
-   * slices: the first responses are on the socket (and being read by Envoy on another core) while
-   * later ones are still being written, and requests arriving meanwhile are not held up behind a
-   * thousand writes. Nothing is lost by slicing: a stream answered in between (new names) already
+   * slices, so that requests arriving meanwhile are not held up behind many thousand writes.
+   * Nothing is lost by slicing: a stream answered in between (new names) already
    * holds the new content and is skipped, and a newer change supersedes the rest of an older one,
    * since it reaches every stream itself.
    */
