@@ -23,39 +23,20 @@
 //
 // Usage: node sds-fanout-client.js <socket> <streams>
 
-import { existsSync } from "node:fs";
 import { type ClientHttp2Stream, connect as http2Connect } from "node:http2";
-import { createRequire } from "node:module";
 import { connect as netConnect } from "node:net";
-import { dirname, join } from "node:path";
-import protobuf from "protobufjs";
+import { loadEnvoyProtoRoot, SECRET_TYPE_URL } from "../test/helpers/envoy-protos.js";
 
 const ENVOY_WINDOW = 256 * 1024 * 1024;
 const NAMES = ["default", "ROOTCA"];
 const NODE = { id: "sidecar~127.0.0.1~bench~default.svc.cluster.local", cluster: "bench" };
 const PATH = "/envoy.service.secret.v3.SecretDiscoveryService/StreamSecrets";
-const SECRET_TYPE_URL = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret";
 const GRPC_CANCELLED = 1;
 
-const require = createRequire(import.meta.url);
-const DEPS = join(dirname(require.resolve("@grpc/grpc-js-xds/package.json")), "deps");
-// protobufjs ships google/protobuf/descriptor.proto, which Envoy's annotations import.
-const INCLUDE = [
-  ...["envoy-api", "xds", "googleapis", "protoc-gen-validate"].map((d) => join(DEPS, d)),
-  dirname(require.resolve("protobufjs/package.json")),
-];
-const root = new protobuf.Root();
-root.resolvePath = (_origin, target) => {
-  for (const dir of INCLUDE) {
-    const candidate = join(dir, target);
-    if (existsSync(candidate)) return candidate;
-  }
-  return target;
-};
-root.loadSync(
-  ["envoy/service/discovery/v3/discovery.proto", "envoy/extensions/transport_sockets/tls/v3/secret.proto"],
-  { keepCase: true },
-);
+const root = loadEnvoyProtoRoot([
+  "envoy/service/discovery/v3/discovery.proto",
+  "envoy/extensions/transport_sockets/tls/v3/secret.proto",
+]);
 const DiscoveryRequest = root.lookupType("envoy.service.discovery.v3.DiscoveryRequest");
 const DiscoveryResponse = root.lookupType("envoy.service.discovery.v3.DiscoveryResponse");
 const SecretType = root.lookupType("envoy.extensions.transport_sockets.tls.v3.Secret");

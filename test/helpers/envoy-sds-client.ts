@@ -1,21 +1,16 @@
 // An SDS client as Envoy is one: built from Envoy's canonical protos (shipped by @grpc/grpc-js-xds),
 // not from anything of ours, so the tests check the agent against the real contract.
 
-import { existsSync } from "node:fs";
-import { createRequire } from "node:module";
-import { dirname, join } from "node:path";
 import * as grpc from "@grpc/grpc-js";
 import { loadSync } from "@grpc/proto-loader";
-import protobuf from "protobufjs";
+import { ENVOY_PROTO_DIRS, loadEnvoyProtoRoot, SECRET_TYPE_URL } from "./envoy-protos.js";
 
-const DEPS = join(dirname(createRequire(import.meta.url).resolve("@grpc/grpc-js-xds/package.json")), "deps");
-const INCLUDE = ["envoy-api", "xds", "googleapis", "protoc-gen-validate"].map((d) => join(DEPS, d));
-export const SECRET_TYPE_URL = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret";
+export { SECRET_TYPE_URL };
 
 const definition = loadSync(
   ["envoy/service/secret/v3/sds.proto", "envoy/extensions/transport_sockets/tls/v3/secret.proto"],
   {
-    includeDirs: INCLUDE,
+    includeDirs: ENVOY_PROTO_DIRS,
     keepCase: true,
     longs: String,
     enums: String,
@@ -31,15 +26,7 @@ export function sdsClientConstructor(): grpc.ServiceClientConstructor {
   return SdsClient;
 }
 
-const root = new protobuf.Root();
-root.resolvePath = (_origin, target) => {
-  for (const dir of INCLUDE) {
-    const candidate = join(dir, target);
-    if (existsSync(candidate)) return candidate;
-  }
-  return target;
-};
-root.loadSync("envoy/extensions/transport_sockets/tls/v3/secret.proto", { keepCase: true });
+const root = loadEnvoyProtoRoot(["envoy/extensions/transport_sockets/tls/v3/secret.proto"]);
 const SecretType = root.lookupType("envoy.extensions.transport_sockets.tls.v3.Secret");
 
 export interface DecodedSecret {
