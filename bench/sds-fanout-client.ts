@@ -25,7 +25,7 @@
 
 import { type ClientHttp2Stream, connect as http2Connect } from "node:http2";
 import { connect as netConnect } from "node:net";
-import { loadEnvoyProtoRoot, SECRET_TYPE_URL } from "../test/helpers/envoy-protos.js";
+import { loadCanonicalSdsRoot, SECRET_TYPE_NAME } from "../proto/build-envoy-sds.js";
 
 const ENVOY_WINDOW = 256 * 1024 * 1024;
 const NAMES = ["default", "ROOTCA"];
@@ -33,10 +33,9 @@ const NODE = { id: "sidecar~127.0.0.1~bench~default.svc.cluster.local", cluster:
 const PATH = "/envoy.service.secret.v3.SecretDiscoveryService/StreamSecrets";
 const GRPC_CANCELLED = 1;
 
-const root = loadEnvoyProtoRoot([
-  "envoy/service/discovery/v3/discovery.proto",
-  "envoy/extensions/transport_sockets/tls/v3/secret.proto",
-]);
+// Envoy's canonical SDS protos (the agent's build reads the same files into its own reflection JSON).
+const root = loadCanonicalSdsRoot();
+const SECRET_TYPE_URL = `type.googleapis.com/${SECRET_TYPE_NAME}`;
 const DiscoveryRequest = root.lookupType("envoy.service.discovery.v3.DiscoveryRequest");
 const DiscoveryResponse = root.lookupType("envoy.service.discovery.v3.DiscoveryResponse");
 const SecretType = root.lookupType("envoy.extensions.transport_sockets.tls.v3.Secret");

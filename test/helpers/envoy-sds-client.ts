@@ -3,22 +3,26 @@
 
 import * as grpc from "@grpc/grpc-js";
 import { loadSync } from "@grpc/proto-loader";
-import { ENVOY_PROTO_DIRS, loadEnvoyProtoRoot, SECRET_TYPE_URL } from "./envoy-protos.js";
+import {
+  envoyProtoIncludeDirs,
+  loadCanonicalSdsRoot,
+  SDS_PROTO_FILES,
+  SDS_SERVICE_NAME,
+  SECRET_TYPE_NAME,
+} from "../../proto/build-envoy-sds.js";
 
-export { SECRET_TYPE_URL };
+export const SECRET_TYPE_URL = `type.googleapis.com/${SECRET_TYPE_NAME}`;
 
-const definition = loadSync(
-  ["envoy/service/secret/v3/sds.proto", "envoy/extensions/transport_sockets/tls/v3/secret.proto"],
-  {
-    includeDirs: ENVOY_PROTO_DIRS,
-    keepCase: true,
-    longs: String,
-    enums: String,
-    defaults: true,
-    oneofs: true,
-  },
-);
-const service = definition["envoy.service.secret.v3.SecretDiscoveryService"] as grpc.ServiceDefinition;
+// The canonical .proto files themselves (the build's loader, not the agent's reflection JSON).
+const definition = loadSync([...SDS_PROTO_FILES], {
+  includeDirs: envoyProtoIncludeDirs(),
+  keepCase: true,
+  longs: String,
+  enums: String,
+  defaults: true,
+  oneofs: true,
+});
+const service = definition[SDS_SERVICE_NAME] as grpc.ServiceDefinition;
 const SdsClient = grpc.makeGenericClientConstructor(service, "SecretDiscoveryService");
 
 /** The client class built from Envoy's protos, for callers that need their own channel options. */
@@ -26,7 +30,7 @@ export function sdsClientConstructor(): grpc.ServiceClientConstructor {
   return SdsClient;
 }
 
-const root = loadEnvoyProtoRoot(["envoy/extensions/transport_sockets/tls/v3/secret.proto"]);
+const root = loadCanonicalSdsRoot();
 const SecretType = root.lookupType("envoy.extensions.transport_sockets.tls.v3.Secret");
 
 export interface DecodedSecret {
