@@ -8,6 +8,9 @@ import { basename, dirname } from "node:path";
 import { type FSWatcher, watch } from "chokidar";
 import type { Logger } from "../common/logger.js";
 
+/** How long start-up waits for the directory watch to be set up before going on without it. */
+const WATCH_READY_TIMEOUT_MS = 5_000;
+
 export class TokenFileError extends Error {
   readonly code = "ERR_OSM_CERT_TOKEN_FILE";
 }
@@ -39,9 +42,25 @@ export class ProjectedToken {
         "token watch failed; relying on periodic re-reads",
       ),
     );
-    await new Promise<void>((resolve) => this.watcher?.once("ready", () => resolve()));
     this.timer = setInterval(() => void this.refresh(), this.rereadMs);
     this.timer.unref();
+    // The watch is a shortcut; the re-reads are the guarantee. A watcher that never says "ready"
+    // must not hold the agent's start-up: one did, twice in full test runs (cert-manager-mode), and the
+    // agent sat awaiting it, with no timer and no socket open (its only handles: stdio and the watch).
+    const watcher = this.watcher;
+    const ready = await new Promise<boolean>((resolve) => {
+      const bound = setTimeout(() => resolve(false), WATCH_READY_TIMEOUT_MS);
+      watcher.once("ready", () => {
+        clearTimeout(bound);
+        resolve(true);
+      });
+    });
+    if (!ready) {
+      this.logger.warn(
+        { event: "token.watch_not_ready", afterMs: WATCH_READY_TIMEOUT_MS },
+        "token watch not ready; relying on periodic re-reads until it is",
+      );
+    }
   }
 
   current(): string {
