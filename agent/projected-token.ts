@@ -3,13 +3,10 @@
 // watch on the file itself would follow the old inode) and the token re-read on any change there.
 // A periodic re-read backs the watch up: a missed event must never strand the agent on a stale token.
 
+import { type FSWatcher, watch } from "node:fs";
 import { readFile } from "node:fs/promises";
 import { basename, dirname } from "node:path";
-import { type FSWatcher, watch } from "chokidar";
 import type { Logger } from "../common/logger.js";
-
-/** How long start-up waits for the directory watch to be set up before going on without it. */
-const WATCH_READY_TIMEOUT_MS = 5_000;
 
 export class TokenFileError extends Error {
   readonly code = "ERR_OSM_CERT_TOKEN_FILE";
@@ -29,38 +26,31 @@ export class ProjectedToken {
   /** Reads the token once (failing loudly if it is unusable) and starts following it. */
   async start(): Promise<void> {
     this.token = await this.read();
-    const directory = dirname(this.path);
-    this.watcher = watch(directory, { depth: 0, ignoreInitial: true, followSymlinks: false, atomic: false });
-    this.watcher.on("all", (_event, changed) => {
-      // Only the token and the kubelet's `..data` swap matter; other files may share the folder.
-      const name = basename(changed);
-      if (name === basename(this.path) || name.startsWith("..")) void this.refresh();
-    });
-    this.watcher.on("error", (error) =>
-      this.logger.warn(
-        { event: "token.watch_error", error: String(error) },
-        "token watch failed; relying on periodic re-reads",
-      ),
-    );
+    // node:fs's watch on the one directory, not chokidar's: chokidar also sets up a watch per file
+    // it sees in the folder, asynchronously, and a file appearing there while the agent stopped
+    // (in the tests, the agents' own SDS sockets share it) could leave one made after close(): the
+    // agent then never exited (cert-manager-mode timed out with both agents stopped but alive, their
+    // only handles stdio and that watch). One directory watch, closed synchronously, is all this needs.
+    const name = basename(this.path);
+    try {
+      this.watcher = watch(dirname(this.path), { persistent: false }, (_event, changed) => {
+        // Only the token and the kubelet's `..data` swap matter; other files may share the folder.
+        // A name-less event (the platform did not say which) is re-read too.
+        if (changed === null || changed === name || changed.startsWith("..")) void this.refresh();
+      });
+      this.watcher.on("error", (error) => this.watchFailed(error));
+    } catch (error) {
+      this.watchFailed(error);
+    }
     this.timer = setInterval(() => void this.refresh(), this.rereadMs);
     this.timer.unref();
-    // The watch is a shortcut; the re-reads are the guarantee. A watcher that never says "ready"
-    // must not hold the agent's start-up: one did, twice in full test runs (cert-manager-mode), and the
-    // agent sat awaiting it, with no timer and no socket open (its only handles: stdio and the watch).
-    const watcher = this.watcher;
-    const ready = await new Promise<boolean>((resolve) => {
-      const bound = setTimeout(() => resolve(false), WATCH_READY_TIMEOUT_MS);
-      watcher.once("ready", () => {
-        clearTimeout(bound);
-        resolve(true);
-      });
-    });
-    if (!ready) {
-      this.logger.warn(
-        { event: "token.watch_not_ready", afterMs: WATCH_READY_TIMEOUT_MS },
-        "token watch not ready; relying on periodic re-reads until it is",
-      );
-    }
+  }
+
+  private watchFailed(error: unknown): void {
+    this.logger.warn(
+      { event: "token.watch_error", error: String(error) },
+      "token watch failed; relying on periodic re-reads",
+    );
   }
 
   current(): string {
@@ -69,7 +59,7 @@ export class ProjectedToken {
 
   async close(): Promise<void> {
     clearInterval(this.timer);
-    await this.watcher?.close();
+    this.watcher?.close();
   }
 
   private async refresh(): Promise<void> {
